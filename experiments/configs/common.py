@@ -1,0 +1,33 @@
+"""Defaults shared by every config; each config file overrides what it needs."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.parametrization = "sp"
+  c.quant = "fp32"
+  c.batch_size = 128
+  c.eval_batch_size = 200
+  c.eval_max_batches = 0  # 0 = the whole eval split
+  c.num_steps = 1000
+  c.log_every = 50
+  c.eval_every = 500
+  c.stats_every = 500  # per-layer rms of params/grads/updates; 0 disables
+  c.checkpoint_every = 500
+  c.max_to_keep = 3
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  c.optim = ml_collections.ConfigDict({
+      "name": "adamw", "learning_rate": 1e-3, "schedule": "cosine", "warmup_steps": 50,
+      "min_lr_ratio": 0.0, "weight_decay": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+      "momentum": 0.9, "grad_clip": 1.0,
+  })
+  return c
+
+
+def image_data(name: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "name": name, "data_dir": "", "task": "classification", "train_split": "train",
+      "eval_split": "test", "augment_shift": 0, "image_key": "image", "label_key": "label",
+  })

@@ -1,0 +1,20 @@
+r"""MLP on scikit-learn's 8x8 digits.
+
+  python -m experiments.train --config=experiments/configs/digits_mlp.py --workdir=/tmp/jaxlab/digits_mlp
+
+Reaches: TBD
+"""
+
+import ml_collections
+
+from experiments.configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.data = common.image_data("digits")
+  c.model = ml_collections.ConfigDict({"name": "mlp", "hidden_widths": (256, 256)})
+  c.batch_size = 64
+  c.num_steps = 1000
+  c.eval_batch_size = 120
+  return c

@@ -1,0 +1,21 @@
+r"""MLP on mnist5k (4,000 train / 1,000 test real MNIST digits): the main job.
+
+  python -m experiments.train --config=experiments/configs/mnist5k_mlp.py --workdir=/tmp/jaxlab/mnist5k_mlp
+
+Reaches: TBD
+"""
+
+import ml_collections
+
+from experiments.configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.data = common.image_data("mnist5k")
+  c.model = ml_collections.ConfigDict({"name": "mlp", "hidden_widths": (512, 512)})
+  c.data.augment_shift = 2  # random +-2 pixel translations
+  c.num_steps = 3000
+  c.optim.learning_rate = 1e-3
+  c.optim.weight_decay = 0.1
+  return c

@@ -1,0 +1,70 @@
+"""Models built only from `jaxlab.models.layers` (every parameter carries ParamMeta).
+
+`build(model_cfg)` turns a config {'name': 'mlp'|'resnet'|'vit'|'transformer', **attributes}
+into a Flax module; parametrization and quantization policy are passed separately.
+"""
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxlab.models.layers import (LOGICAL_AXES, Attention, Conv, Dense, Embed, FeedForward,
+                                  LayerNorm, PositionEmbedding, Readout, RMSNorm,
+                                  dot_product_attention, num_params)
+from jaxlab.models.mlp import MLP
+from jaxlab.models.resnet import BasicBlock, ResNet
+from jaxlab.models.rope import apply_rope
+from jaxlab.models.transformer import Block, TransformerLM
+from jaxlab.models.vit import ViT
+from jaxlab.param.base import SP, Parametrization
+from jaxlab.quant.policy import NO_QUANT, QuantPolicy
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP, "resnet": ResNet, "vit": ViT, "transformer": TransformerLM}
+
+# Fields every module has that do not come from the model config.
+_NOT_CONFIG = ("parent", "name", "parametrization", "quant")
+
+
+def config_keys(cls: type[nn.Module]) -> tuple[str, ...]:
+  """Attributes of a model class that a config may set."""
+  return tuple(f.name for f in dataclasses.fields(cls) if f.init and f.name not in _NOT_CONFIG)
+
+
+def _required_keys(cls: type[nn.Module]) -> tuple[str, ...]:
+  return tuple(f.name for f in dataclasses.fields(cls)
+               if f.init and f.name not in _NOT_CONFIG
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+
+
+def build(model_cfg: Mapping[str, Any], *, parametrization: Parametrization | None = None,
+          quant: QuantPolicy | None = None) -> nn.Module:
+  """Model from an ml_collections ConfigDict (or mapping): `name` picks the class, the remaining
+  keys are its attributes; lists become tuples and a string `dtype` becomes a jnp dtype."""
+  cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+  if "name" not in cfg:
+    raise ValueError(f"model config needs 'name', one of {sorted(MODELS)}")
+  kind = cfg.pop("name")
+  if kind not in MODELS:
+    raise ValueError(f"unknown model {kind!r}; valid: {', '.join(sorted(MODELS))}")
+  cls = MODELS[kind]
+  valid = config_keys(cls)
+  for key in cfg:
+    if key not in valid:
+      raise ValueError(f"unknown key {key!r} for model {kind!r}; valid keys: {', '.join(valid)}")
+  missing = [k for k in _required_keys(cls) if k not in cfg]
+  if missing:
+    raise ValueError(f"model {kind!r} needs keys {missing}; valid keys: {', '.join(valid)}")
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+  if isinstance(kwargs.get("dtype"), str):
+    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+  return cls(**kwargs, parametrization=parametrization or SP(), quant=quant or NO_QUANT)
+
+
+__all__ = [
+    "LOGICAL_AXES", "MODELS", "Attention", "BasicBlock", "Block", "Conv", "Dense", "Embed",
+    "FeedForward", "LayerNorm", "MLP", "PositionEmbedding", "RMSNorm", "Readout", "ResNet",
+    "TransformerLM", "ViT", "apply_rope", "build", "config_keys", "dot_product_attention",
+    "num_params"]

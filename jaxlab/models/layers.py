@@ -1,0 +1,375 @@
+"""Layers every jaxlab model is built from.
+
+Contract (what later parametrization / quantization work relies on):
+  * every parameter is created by `make_param`, which boxes it in `ParamMeta` with logical axis
+    names (from `LOGICAL_AXES`), a role (`jaxlab.param.roles`), fan-in and fan-out;
+  * weights init ~ N(0, parametrization.init_std(role, fan_in, fan_out)), biases 0, norm gains 1;
+  * the output of every weight op is multiplied by parametrization.forward_multiplier(role, ...)
+    (skipped when it is exactly 1.0, so SP traces to the plain op);
+  * matmuls use `quant.dot_general(path)`, convolutions `quant.conv_general_dilated(path)`, where
+    path is the module path '/'.join(scope.path), e.g. 'block_0/attn/qkv'.
+
+Fan conventions: a Dense/readout kernel [fan_in, fan_out]; a Conv kernel has
+fan_in = prod(kernel_size) * in_channels and fan_out = out_channels (the channel count is what
+grows with width; the receptive field is a constant factor); an embedding table
+[num_embeddings, features] has fan_in = num_embeddings; biases are weights reading a constant 1
+(fan_in = 1, fan_out = features, as in Tensor Programs V, Table 3); norm gains have
+fan_in = fan_out = features.
+"""
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxlab.param.base import SP, Parametrization
+from jaxlab.param.meta import ParamMeta
+from jaxlab.param.roles import BIAS, HIDDEN, INPUT, NORM, READOUT, check
+from jaxlab.quant.policy import NO_QUANT, QuantPolicy
+from jaxlab.models.rope import apply_rope
+
+# Logical axis vocabulary (mapped to mesh axes by sharding rules):
+#   input     raw data features (flattened pixels) read by an MLP's first Dense
+#   embed     model width: residual stream / d_model / ViT dim / hidden width entering a Dense
+#   mlp       hidden width produced by a Dense (transformer MLP expansion, MLP-model widths)
+#   heads     fused attention heads * head_dim (q/k/v packed: (heads + 2 kv_heads) * head_dim)
+#   vocab     token vocabulary          classes   classifier outputs
+#   position  positions of a learned position table
+#   kernel_h, kernel_w, conv_in, conv_out   convolution kernel axes (HWIO)
+LOGICAL_AXES = ("input", "embed", "mlp", "heads", "vocab", "classes", "position", "kernel_h",
+                "kernel_w", "conv_in", "conv_out")
+
+Dtype = Any
+
+
+def make_param(module: nn.Module, name: str, shape: Sequence[int], *, names: Sequence[str],
+               role: str, fan_in: int, fan_out: int,
+               parametrization: Parametrization) -> jax.Array:
+  """Declares `module.<name>` boxed in ParamMeta; returns the (unboxed) f32 value."""
+  check(role)
+  names, shape = tuple(names), tuple(shape)
+  if len(names) != len(shape):
+    raise ValueError(f"{name}: {len(names)} axis names {names} for shape {shape}")
+  unknown = [n for n in names if n not in LOGICAL_AXES]
+  if unknown:
+    raise ValueError(f"{name}: unknown logical axes {unknown}; valid: {LOGICAL_AXES}")
+
+  def init(key, shape):
+    if role == BIAS:
+      value = jnp.zeros(shape, jnp.float32)
+    elif role == NORM:
+      value = jnp.ones(shape, jnp.float32)
+    else:
+      std = parametrization.init_std(role, fan_in, fan_out)
+      value = std * jax.random.normal(key, shape, jnp.float32)
+    return ParamMeta(value, names=names, role=role, fan_in=fan_in, fan_out=fan_out)
+
+  return module.param(name, init, shape)
+
+
+def scale(x: jax.Array, multiplier: float) -> jax.Array:
+  """x * multiplier, or x itself when the multiplier is exactly 1.0 (SP)."""
+  if isinstance(multiplier, (int, float)) and multiplier == 1.0:
+    return x
+  return x * jnp.asarray(multiplier, x.dtype)
+
+
+def module_path(module: nn.Module) -> str:
+  return "/".join(module.scope.path)
+
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # erf form (ViT, BERT)
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2 form
+    "silu": jax.nn.silu,
+    "tanh": jnp.tanh,
+    "identity": lambda x: x,
+}
+
+
+def activation(name: str) -> Callable:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+class Dense(nn.Module):
+  """y = m_W * (x @ W) + m_b * b with W [fan_in, features], fan_in = x.shape[-1]."""
+
+  features: int
+  role: str = HIDDEN
+  use_bias: bool = True
+  kernel_axes: tuple[str, str] = ("embed", "mlp")
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p, fan_in = self.parametrization, x.shape[-1]
+    kernel = make_param(self, "kernel", (fan_in, self.features), names=self.kernel_axes,
+                        role=self.role, fan_in=fan_in, fan_out=self.features, parametrization=p)
+    dot_general = self.quant.dot_general(module_path(self))
+    y = dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                    (((x.ndim - 1,), (0,)), ((), ())))
+    y = scale(y, p.forward_multiplier(self.role, fan_in, self.features))
+    if self.use_bias:
+      bias = make_param(self, "bias", (self.features,), names=self.kernel_axes[-1:], role=BIAS,
+                        fan_in=1, fan_out=self.features, parametrization=p)
+      y = y + scale(bias.astype(self.dtype), p.forward_multiplier(BIAS, 1, self.features))
+    return y
+
+
+class Readout(Dense):
+  """The last weight (logits): a Dense with role READOUT."""
+
+  role: str = READOUT
+  kernel_axes: tuple[str, str] = ("embed", "classes")
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+  return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class Conv(nn.Module):
+  """2-D convolution, NHWC inputs, HWIO kernel; fan_in = kh*kw*C_in, fan_out = features."""
+
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: str | Sequence[tuple[int, int]] = "SAME"
+  role: str = HIDDEN
+  use_bias: bool = True
+  kernel_axes: tuple[str, str, str, str] = ("kernel_h", "kernel_w", "conv_in", "conv_out")
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    p, (kh, kw), c_in = self.parametrization, _pair(self.kernel_size), x_BHWC.shape[-1]
+    fan_in = kh * kw * c_in
+    kernel = make_param(self, "kernel", (kh, kw, c_in, self.features), names=self.kernel_axes,
+                        role=self.role, fan_in=fan_in, fan_out=self.features, parametrization=p)
+    conv = self.quant.conv_general_dilated(module_path(self))
+    y = conv(x_BHWC.astype(self.dtype), kernel.astype(self.dtype),
+             window_strides=_pair(self.strides), padding=self.padding,
+             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = scale(y, p.forward_multiplier(self.role, fan_in, self.features))
+    if self.use_bias:
+      bias = make_param(self, "bias", (self.features,), names=self.kernel_axes[-1:], role=BIAS,
+                        fan_in=1, fan_out=self.features, parametrization=p)
+      y = y + scale(bias.astype(self.dtype), p.forward_multiplier(BIAS, 1, self.features))
+    return y
+
+
+class Embed(nn.Module):
+  """Lookup table [num_embeddings, features]; `attend` gives tied-readout logits x @ table.T."""
+
+  num_embeddings: int
+  features: int
+  role: str = INPUT
+  embedding_axes: tuple[str, str] = ("vocab", "embed")
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = make_param(
+        self, "embedding", (self.num_embeddings, self.features), names=self.embedding_axes,
+        role=self.role, fan_in=self.num_embeddings, fan_out=self.features,
+        parametrization=self.parametrization)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    x = jnp.take(self.embedding.astype(self.dtype), ids, axis=0)
+    return scale(x, self.parametrization.forward_multiplier(
+        self.role, self.num_embeddings, self.features))
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Logits x @ table.T, scaled as a READOUT with fan_in = features."""
+    dot_general = self.quant.dot_general(module_path(self))
+    y = dot_general(x.astype(self.dtype), self.embedding.astype(self.dtype),
+                    (((x.ndim - 1,), (1,)), ((), ())))
+    return scale(y, self.parametrization.forward_multiplier(
+        READOUT, self.features, self.num_embeddings))
+
+
+class PositionEmbedding(nn.Module):
+  """Learned absolute positions: table [max_len, features] (INPUT role, fan_in = max_len)."""
+
+  max_len: int
+  features: int
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT  # unused (no matmul); kept for the uniform layer interface
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, length: int) -> jax.Array:
+    if length > self.max_len:
+      raise ValueError(f"sequence length {length} > max_len {self.max_len}")
+    table = make_param(self, "embedding", (self.max_len, self.features),
+                       names=("position", "embed"), role=INPUT, fan_in=self.max_len,
+                       fan_out=self.features, parametrization=self.parametrization)
+    x = table[:length].astype(self.dtype)
+    return scale(x, self.parametrization.forward_multiplier(INPUT, self.max_len, self.features))
+
+
+class _Norm(nn.Module):
+  epsilon: float = 1e-5
+  use_scale: bool = True
+  use_bias: bool = True
+  axis_name: str = "embed"
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT  # unused; uniform layer interface
+  dtype: Dtype = jnp.float32
+
+  def _affine(self, y: jax.Array) -> jax.Array:
+    p, d = self.parametrization, y.shape[-1]
+    if self.use_scale:
+      gain = make_param(self, "scale", (d,), names=(self.axis_name,), role=NORM, fan_in=d,
+                        fan_out=d, parametrization=p)
+      y = y * scale(gain, p.forward_multiplier(NORM, d, d))
+    if self.use_bias:
+      bias = make_param(self, "bias", (d,), names=(self.axis_name,), role=BIAS, fan_in=1,
+                        fan_out=d, parametrization=p)
+      y = y + scale(bias, p.forward_multiplier(BIAS, 1, d))
+    return y.astype(self.dtype)
+
+
+class LayerNorm(_Norm):
+  """(x - mean) / sqrt(var + eps) * g + b over the last axis (Ba et al. 2016), in f32."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    xc = x - jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xc), axis=-1, keepdims=True)
+    return self._affine(xc * jax.lax.rsqrt(var + self.epsilon))
+
+
+class RMSNorm(_Norm):
+  """x / sqrt(mean(x^2) + eps) * g over the last axis (Zhang & Sennrich 2019), in f32."""
+
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    ms = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    return self._affine(x * jax.lax.rsqrt(ms + self.epsilon))
+
+
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+
+
+def norm_class(name: str) -> type[_Norm]:
+  if name not in NORMS:
+    raise ValueError(f"unknown norm {name!r}; valid: {', '.join(NORMS)}")
+  return NORMS[name]
+
+
+def dot_product_attention(q_BLHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array, *,
+                          scale: float, causal: bool, mask: jax.Array | None = None) -> jax.Array:
+  """softmax(scale * q k^T + mask) v (Vaswani et al. 2017, eq. 1), plain jnp.
+
+  q [batch, q_len, heads, head_dim]; k, v [batch, kv_len, kv_heads, head_dim] with heads a
+  multiple of kv_heads (grouped-query attention when smaller). `mask`: boolean, True = attend,
+  broadcastable to [batch, heads, q_len, kv_len]. `causal`: query i (aligned to the end of the
+  keys, so q_len < kv_len means the last positions) attends to keys <= i. Softmax in f32.
+  """
+  B, L, H, D = q_BLHD.shape
+  S, K = k_BSKD.shape[1], k_BSKD.shape[2]
+  if H % K:
+    raise ValueError(f"heads {H} not a multiple of kv_heads {K}")
+  G = H // K
+  q_BLKGD = (q_BLHD * jnp.asarray(scale, q_BLHD.dtype)).reshape(B, L, K, G, D)
+  logits_BKGLS = jnp.einsum("blkgd,bskd->bkgls", q_BLKGD, k_BSKD,
+                            preferred_element_type=jnp.float32)
+  keep = None
+  if causal:
+    keep = jnp.tril(jnp.ones((L, S), jnp.bool_), k=S - L)
+  if mask is not None:
+    mask = jnp.asarray(mask, jnp.bool_)
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    mB, mH, mL, mS = mask.shape
+    if mH not in (1, H):
+      raise ValueError(f"mask heads axis {mH} must be 1 or {H}")
+    mask = mask.reshape(mB, K, G, mL, mS) if mH == H else mask.reshape(mB, 1, 1, mL, mS)
+    keep = mask if keep is None else jnp.logical_and(keep, mask)
+  if keep is not None:
+    logits_BKGLS = jnp.where(keep, logits_BKGLS, jnp.finfo(jnp.float32).min)
+  probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(v_BSKD.dtype)
+  out_BLKGD = jnp.einsum("bkgls,bskd->blkgd", probs_BKGLS, v_BSKD)
+  return out_BLKGD.reshape(B, L, H, D)
+
+
+class Attention(nn.Module):
+  """Multi-head (optionally grouped-query) self-attention with fused qkv projection.
+
+  qkv: Dense(embed -> (heads + 2 kv_heads) * head_dim), out: Dense(heads * head_dim -> embed),
+  both HIDDEN; logits scaled by parametrization.attention_scale(head_dim); optional RoPE.
+  """
+
+  num_heads: int
+  head_dim: int | None = None
+  num_kv_heads: int | None = None
+  causal: bool = False
+  rope: bool = False
+  rope_base: float = 10000.0
+  use_bias: bool = True
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array, mask: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
+    B, L, D = x_BLD.shape
+    H = self.num_heads
+    K = self.num_kv_heads or H
+    if self.head_dim is None and D % H:
+      raise ValueError(f"width {D} not divisible by num_heads {H}; set head_dim")
+    Dh = self.head_dim or D // H
+    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
+    qkv = Dense((H + 2 * K) * Dh, role=HIDDEN, use_bias=self.use_bias,
+                kernel_axes=("embed", "heads"), name="qkv", **kw)(x_BLD)
+    q_BLHD = qkv[..., :H * Dh].reshape(B, L, H, Dh)
+    k_BLKD = qkv[..., H * Dh:(H + K) * Dh].reshape(B, L, K, Dh)
+    v_BLKD = qkv[..., (H + K) * Dh:].reshape(B, L, K, Dh)
+    if self.rope:
+      positions = jnp.arange(L) if positions is None else positions
+      q_BLHD = apply_rope(q_BLHD, positions, self.rope_base)
+      k_BLKD = apply_rope(k_BLKD, positions, self.rope_base)
+    out_BLHD = dot_product_attention(q_BLHD, k_BLKD, v_BLKD,
+                                     scale=self.parametrization.attention_scale(Dh),
+                                     causal=self.causal, mask=mask)
+    return Dense(D, role=HIDDEN, use_bias=self.use_bias, kernel_axes=("heads", "embed"),
+                 name="out", **kw)(out_BLHD.reshape(B, L, H * Dh))
+
+
+class FeedForward(nn.Module):
+  """Dense(embed -> hidden) -> activation -> Dense(hidden -> embed), both HIDDEN."""
+
+  hidden: int
+  activation: str = "gelu"
+  use_bias: bool = True
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype,
+              use_bias=self.use_bias)
+    h = Dense(self.hidden, kernel_axes=("embed", "mlp"), name="up", **kw)(x)
+    h = activation(self.activation)(h)
+    return Dense(x.shape[-1], kernel_axes=("mlp", "embed"), name="down", **kw)(h)
+
+
+def num_params(params: Any) -> int:
+  """Number of scalars in a (boxed or unboxed) params tree."""
+  leaves = jax.tree_util.tree_leaves(nn.meta.unbox(params))
+  return int(sum(math.prod(x.shape) for x in leaves))

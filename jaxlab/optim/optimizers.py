@@ -1,0 +1,51 @@
+"""Optimizer and learning-rate schedule from a config (optax).
+
+config.optim keys: name (adamw | adam | sgd | lion), learning_rate, schedule (constant | cosine |
+linear), warmup_steps, min_lr_ratio (cosine/linear floor as a fraction of the peak), weight_decay,
+b1, b2, eps, momentum (sgd), grad_clip (global-norm clip; 0 disables).
+"""
+
+from typing import Any
+
+import optax
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def make_schedule(cfg: Any, num_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to the peak, then constant, cosine or linear decay to the floor."""
+  peak, warmup = float(cfg.learning_rate), int(cfg.warmup_steps)
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f"config.optim.schedule={cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+  if not 0 <= warmup <= num_steps:
+    raise ValueError(f"config.optim.warmup_steps={warmup} must lie in [0, num_steps={num_steps}]")
+  floor = peak * float(cfg.get("min_lr_ratio", 0.0))
+  decay_steps = max(num_steps - warmup, 1)
+  if cfg.schedule == "constant":
+    after = optax.constant_schedule(peak)
+  elif cfg.schedule == "cosine":
+    after = optax.cosine_decay_schedule(peak, decay_steps, alpha=floor / peak if peak else 0.0)
+  else:
+    after = optax.linear_schedule(peak, floor, decay_steps)
+  if warmup == 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def make_optimizer(cfg: Any, num_steps: int) -> optax.GradientTransformation:
+  """optax chain: [clip_by_global_norm] -> optimizer(schedule)."""
+  lr = make_schedule(cfg, num_steps)
+  if cfg.name == "adamw":
+    opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  elif cfg.name == "adam":
+    opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  elif cfg.name == "sgd":
+    opt = optax.sgd(lr, momentum=cfg.get("momentum", 0.0) or None)
+  elif cfg.name == "lion":
+    opt = optax.lion(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+  else:
+    raise ValueError(f"config.optim.name={cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
+  if cfg.get("grad_clip", 0.0):
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+  return opt

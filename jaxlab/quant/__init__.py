@@ -1,0 +1,3 @@
+"""Quantization policies (no quantization for now)."""
+
+from jaxlab.quant.policy import NO_QUANT, QuantPolicy, get

@@ -1,0 +1,61 @@
+"""Building the model and the (sharded) initial train state from a config."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxlab import models, param, quant
+from jaxlab.sharding import rules
+from jaxlab.train.state import TrainState
+
+
+def build_model(config: ml_collections.ConfigDict, spec: Any) -> nn.Module:
+  """config.model plus what the data decides (num_classes / vocab_size) -> a Flax module."""
+  model_cfg = ml_collections.ConfigDict(config.model.to_dict())
+  if spec.task == "classification" and "num_classes" not in model_cfg:
+    model_cfg.num_classes = spec.num_classes
+  if spec.task == "lm" and "vocab_size" not in model_cfg:
+    model_cfg.vocab_size = spec.vocab_size
+  return models.build(model_cfg, parametrization=param.get(config.parametrization),
+                      quant=quant.get(config.quant))
+
+
+def dummy_input(spec: Any, seq_len: int = 0) -> jax.Array:
+  if spec.task == "classification":
+    return jnp.zeros((1, *spec.input_shape), jnp.float32)
+  return jnp.zeros((1, seq_len), jnp.int32)
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, example: jax.Array,
+               seed: int, mesh: Mesh) -> tuple[TrainState, Any, Any]:
+  """(state, state_shardings, param_info): every array is created directly in its shards."""
+  rng = jax.random.PRNGKey(seed)
+  init_rng, state_rng = jax.random.split(rng)
+  abstract = jax.eval_shape(lambda r: model.init(r, example), init_rng)["params"]
+  shardings = rules.param_shardings(abstract, mesh)
+  info = param.param_info(abstract)
+
+  def make(r):
+    params = param.unbox(model.init(r, example)["params"])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=state_rng)
+
+  state_shardings = _state_shardings(jax.eval_shape(make, init_rng), shardings, tx, mesh)
+  state = jax.jit(make, out_shardings=state_shardings)(init_rng)
+  return state, state_shardings, info
+
+
+def _state_shardings(abstract: TrainState, param_shardings: Any, tx: optax.GradientTransformation,
+                     mesh: Mesh) -> TrainState:
+  """Params per the partition rules; optimizer leaves shaped like params (Adam moments, momenta)
+  follow their parameter; everything else (step, counts, rng) is replicated."""
+  replicated = NamedSharding(mesh, P())
+  opt = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_shardings,
+                              transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, params=param_shardings, opt_state=opt, rng=replicated,
+                    extra=jax.tree.map(lambda _: replicated, abstract.extra))

@@ -1,0 +1,158 @@
+"""The train loop: data -> jitted step -> metrics.jsonl / eval / orbax checkpoints.
+
+One readable loop (big_vision habit). Fault tolerance: checkpoints hold the train state and the
+data-iterator state, so rerunning the same command resumes bit-exactly from the latest one;
+SIGTERM saves and returns; a non-finite loss or gradient stops the run before any checkpoint of
+a bad state can be written.
+"""
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+
+from jaxlab import data, optim, sharding
+from jaxlab.train import checkpoint, step as step_lib, tasks
+from jaxlab.train.init import build_model, dummy_input, init_state
+from jaxlab.train.metrics import MetricsWriter
+
+SYNC_EVERY = 10  # wait for the device at least this often (8 simulated CPU devices need it)
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class _StopFlag:
+  """Set by SIGTERM; checked after every step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. some notebook runners): no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint and stopping after this step")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def evaluate(state, config, model, mesh) -> dict[str, float]:
+  max_batches = config.get("eval_max_batches", 0) or None
+  sums = None
+  for batch in data.eval_batches(config.data, batch_size=config.eval_batch_size,
+                                 max_batches=max_batches):
+    batch = sharding.shard_batch(batch, mesh)
+    sums = step_lib.sum_trees(sums, step_lib.eval_step(state.params, batch, model=model,
+                                                       task=config.data.task))
+  return tasks.finish_eval(jax.device_get(sums))
+
+
+def _mean_train_metrics(pending: list[tuple[int, dict]]) -> dict[str, float]:
+  fetched = jax.device_get([m for _, m in pending])
+  scalars = [k for k in fetched[0] if not k.startswith("rms_")]
+  return {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in scalars}
+
+
+def _check_finite(pending: list[tuple[int, dict]], last_ckpt: int | None, workdir: str) -> None:
+  for step, m in pending:
+    loss, gnorm = jax.device_get((m["loss"], m["grad_norm"]))
+    if not (np.isfinite(loss) and np.isfinite(gnorm)):
+      where = (f"the last good checkpoint is step {last_ckpt} in {workdir}/checkpoints"
+               if last_ckpt is not None else "no checkpoint was written yet")
+      raise NonFiniteLossError(
+          f"non-finite training loss ({loss}) or gradient norm ({gnorm}) at step {step}; stopping."
+          f" {where}. Lower config.optim.learning_rate or enable config.optim.grad_clip.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains config from scratch or from the latest checkpoint in workdir; returns final metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  mesh = sharding.make_mesh(config.mesh)
+  spec = data.dataset_spec(config.data)
+  model = build_model(config, spec)
+  tx = optim.make_optimizer(config.optim, config.num_steps)
+  task = config.data.task
+  state, state_shardings, _ = init_state(model, tx, dummy_input(spec, config.data.get("seq_len", 0)),
+                                         config.seed, mesh)
+  state_sharding = step_lib.Static(state_shardings)
+
+  manager = checkpoint.make_manager(workdir, max_to_keep=config.max_to_keep)
+  train_iter = data.make_train_iterator(config.data, batch_size=config.batch_size, seed=config.seed)
+  restored = checkpoint.restore_latest(manager, state)
+  last_ckpt = None
+  if restored is not None:
+    state, data_state = restored
+    train_iter.set_state(data_state)
+    last_ckpt = int(state.step)
+    logging.info("resumed from checkpoint at step %d", last_ckpt)
+  start = int(state.step)
+  writer = MetricsWriter(workdir, resume_step=start, enabled=is_chief)
+
+  def save():
+    nonlocal last_ckpt
+    last_ckpt = checkpoint.save(manager, state, train_iter.get_state())
+
+  pending: list[tuple[int, dict]] = []
+  result: dict[str, Any] = {"preempted": False}
+  bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not is_chief, unit="step",
+                  dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0)
+  t0 = time.time()
+  with _StopFlag() as stop:
+    for step in range(start + 1, config.num_steps + 1):
+      batch = sharding.shard_batch(next(train_iter), mesh)
+      with_stats = bool(config.stats_every) and step % config.stats_every == 0
+      state, metrics = step_lib.train_step(state, batch, model=model, tx=tx, task=task,
+                                           with_stats=with_stats, state_sharding=state_sharding)
+      pending.append((step, metrics))
+      bar.update(1)
+      last = step == config.num_steps
+      row: dict[str, Any] = {}
+      if step % config.log_every == 0 or with_stats or last or stop.requested \
+          or step % config.checkpoint_every == 0:
+        _check_finite(pending, last_ckpt, workdir)
+        row.update(_mean_train_metrics(pending))
+        if with_stats:
+          row.update({k: v for k, v in jax.device_get(metrics).items() if k.startswith("rms_")})
+        pending = []
+        bar.set_postfix(loss=f"{row['train/loss']:.4f}", refresh=False)
+      elif step % SYNC_EVERY == 0:
+        jax.block_until_ready(metrics["loss"])
+      if (config.eval_every and step % config.eval_every == 0) or last:
+        row.update({f"eval/{k}": v for k, v in evaluate(state, config, model, mesh).items()})
+      if row:
+        writer.write(step, row)
+        result.update(row)
+      if step % config.checkpoint_every == 0 or last or stop.requested:
+        save()
+      if stop.requested:
+        result["preempted"] = True
+        break
+  bar.close()
+  if start == config.num_steps:
+    logging.info("nothing to do: checkpoint at step %d already reached num_steps", start)
+  result.update(step=int(state.step), wall_time_s=time.time() - t0)
+  manager.close()
+  if is_chief:
+    logging.info("final: %s", json.dumps({k: v for k, v in result.items() if "rms_" not in k}))
+  return result

@@ -1,0 +1,84 @@
+"""ViT: shapes for both poolings and patch sizes, metadata, and fitting a batch."""
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jaxlab import models, param
+from jaxlab.param import roles
+
+IMAGES = np.random.default_rng(0).standard_normal((16, 8, 8, 1)).astype(np.float32)
+LABELS = np.random.default_rng(1).integers(0, 4, 16)
+
+# rbg keys: threefry initialisers take seconds to compile on CPU.
+KEY = jax.random.key(0, impl="rbg")
+
+
+def _fit(model, x, y, steps=25, lr=3e-3):
+  """(first, final) loss of full-batch Adam steps, one compiled scan."""
+  params = param.unbox(jax.jit(model.init)(KEY, x)["params"])
+  opt = optax.adam(lr)
+
+  def loss(p):
+    logits = model.apply({"params": p}, x, train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def step(carry, _):
+    p, s = carry
+    value, grads = jax.value_and_grad(loss)(p)
+    updates, s = opt.update(grads, s)
+    return (optax.apply_updates(p, updates), s), value
+
+  @jax.jit
+  def run(p):
+    (p, _), losses = jax.lax.scan(step, (p, opt.init(p)), None, length=steps)
+    return losses[0], loss(p)
+
+  return tuple(float(v) for v in run(params))
+
+
+@pytest.mark.parametrize("patch,shape,pool", [
+    (4, (2, 8, 8, 1), "mean"), (7, (2, 28, 28, 1), "cls"), (4, (2, 32, 32, 3), "cls")])
+def test_output_shape(patch, shape, pool):
+  model = models.ViT(patch_size=patch, dim=16, depth=2, num_heads=2, num_classes=5, pool=pool)
+  x = np.zeros(shape, np.float32)
+  variables = jax.eval_shape(model.init, KEY, x)
+  assert jax.eval_shape(model.apply, variables, x).shape == (2, 5)
+  num_tokens = (shape[1] // patch) ** 2 + (pool == "cls")
+  assert variables["params"]["pos_embed"]["embedding"].value.shape == (num_tokens, 16)
+
+
+def test_metadata():
+  model = models.ViT(patch_size=4, dim=16, depth=2, num_heads=2, num_classes=5, pool="cls")
+  boxed = jax.eval_shape(model.init, KEY, np.zeros((1, 8, 8, 3)))["params"]
+  info = param.param_info(boxed)
+  assert info["patch_embed"]["kernel"] == (
+      roles.INPUT, 48, 16, ("kernel_h", "kernel_w", "conv_in", "embed"))
+  assert info["cls"] == (roles.INPUT, 1, 16, ("embed",))
+  assert info["pos_embed"]["embedding"] == (roles.INPUT, 5, 16, ("position", "embed"))
+  assert info["block_1"]["attn"]["qkv"]["kernel"] == (roles.HIDDEN, 16, 48, ("embed", "heads"))
+  assert info["block_1"]["attn"]["qkv"]["bias"].role == roles.BIAS
+  assert info["final_norm"]["scale"].role == roles.NORM
+  assert info["readout"]["kernel"] == (roles.READOUT, 16, 5, ("embed", "classes"))
+  is_info = lambda x: isinstance(x, param.ParamInfo)
+  assert (len(jax.tree_util.tree_leaves(info, is_leaf=is_info))
+          == len(jax.tree_util.tree_leaves(param.unbox(boxed))))
+
+
+def test_adam_fits_fixed_batch():
+  model = models.ViT(patch_size=4, dim=32, depth=2, num_heads=4, num_classes=4, pool="cls")
+  first, last = _fit(model, IMAGES, LABELS)
+  assert first > 0.7 * np.log(4) and last < 0.3 * first, (first, last)
+
+
+def test_build_and_errors():
+  cfg = ml_collections.ConfigDict(dict(name="vit", patch_size=7, dim=32, depth=3, num_heads=4,
+                                       num_classes=10, pool="mean"))
+  assert models.build(cfg) == models.ViT(patch_size=7, dim=32, depth=3, num_heads=4,
+                                         num_classes=10)
+  with pytest.raises(ValueError, match="not divisible"):
+    jax.eval_shape(models.ViT(patch_size=3).init, KEY, np.zeros((1, 8, 8, 1)))
+  with pytest.raises(ValueError, match="unknown pool"):
+    jax.eval_shape(models.ViT(pool="max").init, KEY, np.zeros((1, 8, 8, 1)))
