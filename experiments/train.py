@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import config_overrides
+from jaxlab import data
 from jaxlab.sharding import distributed
 from jaxlab.train import loop
 
@@ -35,7 +36,7 @@ def main(argv):
   distributed.initialize_from_flags()
   try:
     result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except loop.NonFiniteLossError as e:
+  except (loop.NonFiniteLossError, data.DatasetNotPreparedError) as e:
     logging.error("%s", e)
     sys.exit(1)
   if result.get("preempted"):

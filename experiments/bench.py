@@ -1,0 +1,104 @@
+r"""Benchmark: this machine's f32 GEMM peak and the LM train step's tokens/s and MFU, in one run.
+
+  python -m experiments.bench                       # 4 layers, d=256, seq 256, batch 16
+  python -m experiments.bench --num_layers=8 --d_model=512
+
+MFU = model FLOPs per second / measured GEMM peak. Model FLOPs per token follow PaLM
+(Chowdhery et al. 2022, App. B): 6 N + 6 n_layers seq d_model (forward+backward, attention
+scores and values counted in full), N = non-embedding matmul parameters incl. the readout. The
+XLA cost-analysis FLOPs of the compiled step are printed beside it as a cross-check.
+"""
+
+import statistics
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+
+from experiments.configs import shakespeare_lm
+from jaxlab import data, optim, sharding
+from jaxlab.train import step as step_lib
+from jaxlab.train.init import build_model, dummy_input, init_state
+
+_LAYERS = flags.DEFINE_integer("num_layers", 4, "LM depth")
+_DMODEL = flags.DEFINE_integer("d_model", 256, "LM width")
+_HEADS = flags.DEFINE_integer("num_heads", 4, "attention heads")
+_SEQ = flags.DEFINE_integer("seq_len", 256, "sequence length")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "global batch size")
+_STEPS = flags.DEFINE_integer("steps", 20, "timed train steps")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (default $TFDS_DATA_DIR)")
+
+
+def gemm_peak(sizes=(512, 1024, 2048), repeats=5) -> tuple[float, int]:
+  """Best f32 GFLOP/s of a jitted square matmul over a few sizes, and the size that gave it."""
+  best = (0.0, 0)
+  for n in sizes:
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    reps = max(1, int(2e9 // (2 * n**3)))  # ~2 GFLOP per timing
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      for _ in range(reps):
+        out = f(a, b)
+      out.block_until_ready()
+      times.append((time.perf_counter() - t) / reps)
+    best = max(best, (2 * n**3 / min(times) / 1e9, n))
+  return best
+
+
+def lm_flops_per_token(num_layers: int, d_model: int, mlp_ratio: int, seq_len: int,
+                       vocab: int) -> float:
+  n = num_layers * (4 * d_model**2 + 2 * mlp_ratio * d_model**2) + d_model * vocab
+  return 6 * n + 6 * num_layers * seq_len * d_model
+
+
+def main(argv):
+  del argv
+  peak, n = gemm_peak()
+  print(f"f32 GEMM peak: {peak:.1f} GFLOP/s (n={n}, {jax.device_count()} device(s), "
+        f"{jax.devices()[0].platform})")
+
+  config = shakespeare_lm.get_config()
+  config.data.data_dir = _DATA_DIR.value
+  config.data.seq_len = _SEQ.value
+  config.batch_size = _BATCH.value
+  config.model.update(num_layers=_LAYERS.value, d_model=_DMODEL.value, num_heads=_HEADS.value)
+  mesh = sharding.make_mesh(config.mesh)
+  spec = data.dataset_spec(config.data)
+  model = build_model(config, spec)
+  tx = optim.make_optimizer(config.optim, config.num_steps)
+  state, shardings, _ = init_state(model, tx, dummy_input(spec, _SEQ.value), 0, mesh)
+  it = data.make_train_iterator(config.data, batch_size=_BATCH.value, seed=0)
+  batches = [sharding.shard_batch(next(it), mesh) for _ in range(4)]
+  kw = dict(model=model, tx=tx, task="lm", state_sharding=step_lib.Static(shardings))
+  compiled = step_lib.train_step.lower(state, batches[0], **kw).compile()
+  xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+  for i in range(3):  # warm up
+    state, m = step_lib.train_step(state, batches[i % 4], **kw)
+  jax.block_until_ready(m["loss"])
+  times = []
+  for i in range(_STEPS.value):
+    t = time.perf_counter()
+    state, m = step_lib.train_step(state, batches[i % 4], **kw)
+    jax.block_until_ready(m["loss"])
+    times.append(time.perf_counter() - t)
+  step_time = statistics.median(times)
+  tokens = _BATCH.value * _SEQ.value
+  flops_tok = lm_flops_per_token(_LAYERS.value, _DMODEL.value, config.model.mlp_ratio, _SEQ.value,
+                                 spec.vocab_size)
+  achieved = flops_tok * tokens / step_time / 1e9
+  print(f"LM train step ({_LAYERS.value} layers, d={_DMODEL.value}, heads={_HEADS.value}, "
+        f"seq {_SEQ.value}, batch {_BATCH.value}, AdamW, f32): median {step_time * 1e3:.1f} ms/step"
+        f" over {_STEPS.value} steps")
+  print(f"  tokens/s: {tokens / step_time:,.0f}")
+  print(f"  model FLOPs/token (PaLM 6N + 6 L T d): {flops_tok / 1e6:.1f} M; XLA cost analysis: "
+        f"{xla_flops / tokens / 1e6:.1f} M")
+  print(f"  achieved {achieved:.1f} GFLOP/s = MFU {100 * achieved / peak:.1f}% of the measured peak")
+
+
+if __name__ == "__main__":
+  app.run(main)

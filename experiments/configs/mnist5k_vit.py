@@ -1,0 +1,23 @@
+r"""Small ViT (Dosovitskiy et al. 2021; 7x7 patches -> 16 tokens, Pre-LN, mean pool) on mnist5k.
+
+  python -m experiments.train --config=experiments/configs/mnist5k_vit.py --workdir=/tmp/jaxlab/mnist5k_vit
+
+Reaches: TBD
+"""
+
+import ml_collections
+
+from experiments.configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.data = common.image_data("mnist5k")
+  c.data.augment_shift = 2
+  c.model = ml_collections.ConfigDict({"name": "vit", "patch_size": 7, "dim": 128, "depth": 4,
+                                       "num_heads": 4, "mlp_ratio": 2, "pool": "mean"})
+  c.num_steps = 2000
+  c.eval_every = 500
+  c.optim.learning_rate = 1e-3
+  c.optim.weight_decay = 0.05
+  return c

@@ -1,0 +1,35 @@
+r"""Byte-level decoder-only Transformer LM on the Shakespeare corpus (38 train / 4 held-out works).
+
+  python -m experiments.train --config=experiments/configs/shakespeare_lm.py --workdir=/tmp/jaxlab/shakespeare_lm
+
+Model: 4 layers, d_model 256, 4 heads, RoPE, Pre-LN, untied, seq 256, batch 16 (the size
+experiments.bench measures). Reaches: TBD
+"""
+
+import ml_collections
+
+from experiments.configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.data = ml_collections.ConfigDict({
+      "name": "shakespeare", "data_dir": "", "task": "lm", "train_split": "train",
+      "eval_split": "validation", "seq_len": 256, "text_key": "text",
+  })
+  c.model = ml_collections.ConfigDict({
+      "name": "transformer", "d_model": 256, "num_layers": 4, "num_heads": 4, "mlp_ratio": 4,
+      "positional": "rope", "tie_embeddings": False, "norm": "layernorm",
+  })
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.eval_max_batches = 20
+  c.num_steps = 2000
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.optim.learning_rate = 3e-3
+  c.optim.warmup_steps = 100
+  c.optim.weight_decay = 0.1
+  c.optim.b2 = 0.95
+  return c

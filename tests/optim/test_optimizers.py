@@ -1,0 +1,54 @@
+"""Schedules against their closed forms; optimizer choice and clipping from configs."""
+
+import math
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jaxlab.optim import make_optimizer, make_schedule
+
+
+def cfg(**kw):
+  base = {"name": "adamw", "learning_rate": 1.0, "schedule": "cosine", "warmup_steps": 10,
+          "min_lr_ratio": 0.1, "weight_decay": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+          "momentum": 0.0, "grad_clip": 0.0}
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def test_warmup_then_cosine_matches_closed_form():
+  sched = make_schedule(cfg(), num_steps=110)
+  for step in range(0, 110, 7):
+    if step < 10:
+      expected = step / 10
+    else:
+      t = (step - 10) / 100
+      expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+    assert float(sched(step)) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_linear_and_constant_schedules():
+  lin = make_schedule(cfg(schedule="linear", warmup_steps=0, min_lr_ratio=0.0), num_steps=100)
+  assert float(lin(25)) == pytest.approx(0.75)
+  const = make_schedule(cfg(schedule="constant", warmup_steps=0), num_steps=100)
+  assert float(const(99)) == 1.0
+
+
+def test_sgd_step_is_minus_lr_times_grad_and_clip_bounds_norm():
+  tx = make_optimizer(cfg(name="sgd", schedule="constant", warmup_steps=0, learning_rate=0.5), 10)
+  params = {"w": jnp.ones(3)}
+  updates, _ = tx.update({"w": jnp.array([1.0, 2.0, 3.0])}, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], [-0.5, -1.0, -1.5])
+  tx = make_optimizer(cfg(name="sgd", schedule="constant", warmup_steps=0, grad_clip=1.0), 10)
+  updates, _ = tx.update({"w": jnp.array([3.0, 4.0, 0.0])}, tx.init(params), params)
+  assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_bad_names_are_named_in_the_error():
+  with pytest.raises(ValueError, match="config.optim.name='adamx'"):
+    make_optimizer(cfg(name="adamx"), 10)
+  with pytest.raises(ValueError, match="config.optim.schedule"):
+    make_schedule(cfg(schedule="cosine_restarts"), 10)
