@@ -28,6 +28,7 @@ from jaxlab.param.base import SP, Parametrization
 from jaxlab.param.meta import ParamMeta
 from jaxlab.param.roles import BIAS, HIDDEN, INPUT, NORM, READOUT, check
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
+from jaxlab.models.attention import dot_product_attention
 from jaxlab.models.rope import apply_rope
 
 # Logical axis vocabulary (mapped to mesh axes by sharding rules):
@@ -97,29 +98,39 @@ def activation(name: str) -> Callable:
 
 
 class Dense(nn.Module):
-  """y = m_W * (x @ W) + m_b * b with W [fan_in, features], fan_in = x.shape[-1]."""
+  """y = m_W * (x @ W) + m_b * b with W [fan_in, features], fan_in = x.shape[-1].
+
+  feature_major=True takes and returns transposed activations (x [fan_in, N] -> y [features, N])
+  with the same kernel; FeedForward uses it (see there for why).
+  """
 
   features: int
   role: str = HIDDEN
   use_bias: bool = True
   kernel_axes: tuple[str, str] = ("embed", "mlp")
+  feature_major: bool = False
   parametrization: Parametrization = SP()
   quant: QuantPolicy = NO_QUANT
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    p, fan_in = self.parametrization, x.shape[-1]
+    p = self.parametrization
+    fan_in = x.shape[0] if self.feature_major else x.shape[-1]
     kernel = make_param(self, "kernel", (fan_in, self.features), names=self.kernel_axes,
                         role=self.role, fan_in=fan_in, fan_out=self.features, parametrization=p)
     dot_general = self.quant.dot_general(module_path(self))
-    y = dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                    (((x.ndim - 1,), (0,)), ((), ())))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.feature_major:  # y^T = W^T x^T
+      y = dot_general(kernel, x, (((0,), (0,)), ((), ())))
+    else:
+      y = dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
     y = scale(y, p.forward_multiplier(self.role, fan_in, self.features))
     if self.use_bias:
       bias = make_param(self, "bias", (self.features,), names=self.kernel_axes[-1:], role=BIAS,
                         fan_in=1, fan_out=self.features, parametrization=p)
-      y = y + scale(bias.astype(self.dtype), p.forward_multiplier(BIAS, 1, self.features))
+      bias = scale(bias.astype(self.dtype), p.forward_multiplier(BIAS, 1, self.features))
+      y = y + (bias.reshape((-1,) + (1,) * (y.ndim - 1)) if self.feature_major else bias)
     return y
 
 
@@ -271,41 +282,6 @@ def norm_class(name: str) -> type[_Norm]:
   return NORMS[name]
 
 
-def dot_product_attention(q_BLHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array, *,
-                          scale: float, causal: bool, mask: jax.Array | None = None) -> jax.Array:
-  """softmax(scale * q k^T + mask) v (Vaswani et al. 2017, eq. 1), plain jnp.
-
-  q [batch, q_len, heads, head_dim]; k, v [batch, kv_len, kv_heads, head_dim] with heads a
-  multiple of kv_heads (grouped-query attention when smaller). `mask`: boolean, True = attend,
-  broadcastable to [batch, heads, q_len, kv_len]. `causal`: query i (aligned to the end of the
-  keys, so q_len < kv_len means the last positions) attends to keys <= i. Softmax in f32.
-  """
-  B, L, H, D = q_BLHD.shape
-  S, K = k_BSKD.shape[1], k_BSKD.shape[2]
-  if H % K:
-    raise ValueError(f"heads {H} not a multiple of kv_heads {K}")
-  G = H // K
-  q_BLKGD = (q_BLHD * jnp.asarray(scale, q_BLHD.dtype)).reshape(B, L, K, G, D)
-  logits_BKGLS = jnp.einsum("blkgd,bskd->bkgls", q_BLKGD, k_BSKD,
-                            preferred_element_type=jnp.float32)
-  keep = None
-  if causal:
-    keep = jnp.tril(jnp.ones((L, S), jnp.bool_), k=S - L)
-  if mask is not None:
-    mask = jnp.asarray(mask, jnp.bool_)
-    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-    mB, mH, mL, mS = mask.shape
-    if mH not in (1, H):
-      raise ValueError(f"mask heads axis {mH} must be 1 or {H}")
-    mask = mask.reshape(mB, K, G, mL, mS) if mH == H else mask.reshape(mB, 1, 1, mL, mS)
-    keep = mask if keep is None else jnp.logical_and(keep, mask)
-  if keep is not None:
-    logits_BKGLS = jnp.where(keep, logits_BKGLS, jnp.finfo(jnp.float32).min)
-  probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(v_BSKD.dtype)
-  out_BLKGD = jnp.einsum("bkgls,bskd->blkgd", probs_BKGLS, v_BSKD)
-  return out_BLKGD.reshape(B, L, H, D)
-
-
 class Attention(nn.Module):
   """Multi-head (optionally grouped-query) self-attention with fused qkv projection.
 
@@ -351,7 +327,13 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-  """Dense(embed -> hidden) -> activation -> Dense(hidden -> embed), both HIDDEN."""
+  """Dense(embed -> hidden) -> activation -> Dense(hidden -> embed), both HIDDEN.
+
+  The hidden activations are kept feature-major ([hidden, tokens]): the weight gradients then
+  contract over the minor (token) axis of a materialised array, and XLA:CPU no longer fuses the
+  activation's backward into a transposing copy (measured: fwd+bwd of a d=256, 4x GELU block on
+  4,096 tokens 189 ms -> 105 ms). Same parameters and numerics as the token-major form.
+  """
 
   hidden: int
   activation: str = "gelu"
@@ -363,10 +345,13 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype,
-              use_bias=self.use_bias)
-    h = Dense(self.hidden, kernel_axes=("embed", "mlp"), name="up", **kw)(x)
-    h = activation(self.activation)(h)
-    return Dense(x.shape[-1], kernel_axes=("mlp", "embed"), name="down", **kw)(h)
+              use_bias=self.use_bias, feature_major=True)
+    d = x.shape[-1]
+    xT = x.reshape(-1, d).T
+    hT = Dense(self.hidden, kernel_axes=("embed", "mlp"), name="up", **kw)(xT)
+    hT = activation(self.activation)(hT)
+    yT = Dense(d, kernel_axes=("mlp", "embed"), name="down", **kw)(hT)
+    return yT.T.reshape(x.shape[:-1] + (d,))
 
 
 def num_params(params: Any) -> int:
