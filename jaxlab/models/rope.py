@@ -18,10 +18,27 @@ def rope_angles(positions: jax.Array, head_dim: int, base: float = 10000.0) -> j
 
 def apply_rope(x_BLHD: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
   """Rotates queries or keys [batch, seq, heads, head_dim]; positions is [seq] or [batch, seq]."""
-  half = x_BLHD.shape[-1] // 2
   angles = rope_angles(positions, x_BLHD.shape[-1], base)[..., None, :]  # [(B,) L, 1, D/2]
-  sin, cos = jnp.sin(angles), jnp.cos(angles)
-  x = x_BLHD.astype(jnp.float32)
-  x1, x2 = x[..., :half], x[..., half:]
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BLHD.dtype)
+  return _rotate(x_BLHD, jnp.sin(angles), jnp.cos(angles))
+
+
+@jax.custom_vjp
+def _rotate(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+  """Rotates each feature pair (i, i + D/2) by the angle whose sine/cosine are given (in f32)."""
+  half = x.shape[-1] // 2
+  xf = x.astype(jnp.float32)
+  x1, x2 = xf[..., :half], xf[..., half:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def _rotate_fwd(x, sin, cos):
+  return _rotate(x, sin, cos), (sin, cos)
+
+
+def _rotate_bwd(res, g):
+  """A rotation's transpose is the rotation by the opposite angle (no autodiff slicing/padding)."""
+  sin, cos = res
+  return _rotate(g, -sin, cos), jnp.zeros_like(sin), jnp.zeros_like(cos)
+
+
+_rotate.defvjp(_rotate_fwd, _rotate_bwd)
