@@ -3,7 +3,12 @@ r"""Byte-level decoder-only Transformer LM on the Shakespeare corpus (38 train /
   python -m experiments.train --config=experiments/configs/shakespeare_lm.py --workdir=/tmp/jaxlab/shakespeare_lm
 
 Model: 4 layers, d_model 256, 4 heads, RoPE, Pre-LN, untied, seq 256, batch 16 (the size
-experiments.bench measures). Reaches: TBD
+experiments.bench measures).
+
+Reaches: validation loss 1.467 nats/byte (2.12 bits/byte; 56.0% next-byte accuracy) on the first
+640 windows of the held-out works after 2,000 steps (8.2M training bytes, ~1.7 epochs); train
+loss 1.33. 31 min wall on 2 CPU cores (~1.1 steps/s). Validation loss at steps 500/1000/1500:
+1.725 / 1.570 / 1.494.
 """
 
 import ml_collections

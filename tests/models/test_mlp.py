@@ -4,40 +4,15 @@ import chex
 import jax
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from jaxlab import models, param
 from jaxlab.param import roles
+from tests.models.fitting import KEY, fit
 
 IMAGES = np.random.default_rng(0).standard_normal((32, 8, 8, 1)).astype(np.float32)
 LABELS = np.random.default_rng(1).integers(0, 10, 32)
 
-# rbg keys: threefry initialisers take seconds to compile on CPU.
-KEY = jax.random.key(0, impl="rbg")
-
-
-def _fit(model, x, y, steps=25, lr=1e-2):
-  """(first loss, final loss) of `steps` full-batch Adam steps, one compiled scan."""
-  params = param.unbox(jax.jit(model.init)(KEY, x)["params"])
-  opt = optax.adam(lr)
-
-  def loss(p):
-    logits = model.apply({"params": p}, x, train=True)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  def step(carry, _):
-    p, s = carry
-    value, grads = jax.value_and_grad(loss)(p)
-    updates, s = opt.update(grads, s)
-    return (optax.apply_updates(p, updates), s), value
-
-  @jax.jit
-  def run(p):
-    (p, _), losses = jax.lax.scan(step, (p, opt.init(p)), None, length=steps)
-    return losses[0], loss(p)
-
-  return tuple(float(v) for v in run(params))
 
 
 def test_shapes_and_metadata():
@@ -76,7 +51,7 @@ class ReferenceTest(chex.TestCase):
 
 
 def test_adam_fits_fixed_batch():
-  first, last = _fit(models.MLP(hidden_widths=(64, 64), num_classes=10), IMAGES, LABELS)
+  first, last = fit(models.MLP(hidden_widths=(64, 64), num_classes=10), IMAGES, LABELS)
   assert first > 1.5 and last < 0.3 * first, (first, last)
 
 

@@ -6,17 +6,15 @@ import chex
 import jax
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from jaxlab import models, param
 from jaxlab.param import roles
+from tests.models.fitting import KEY, fit
 
 V, D, LAYERS, HEADS = 32, 32, 2, 4
 TOKENS = np.random.default_rng(0).integers(0, V, (4, 17))
 
-# rbg keys: threefry initialisers take seconds to compile on CPU.
-KEY = jax.random.key(0, impl="rbg")
 
 
 def _lm(**kw):
@@ -34,26 +32,7 @@ def _shapes(model):
 
 
 def _fit(model, tokens, steps=30, lr=1e-2):
-  """(first, final) next-token loss of full-batch Adam on a fixed batch, one compiled scan."""
-  params = param.unbox(_params(model))
-  opt = optax.adam(lr)
-
-  def loss(p):
-    logits = model.apply({"params": p}, tokens[:, :-1], train=True)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-  def step(carry, _):
-    p, s = carry
-    value, grads = jax.value_and_grad(loss)(p)
-    updates, s = opt.update(grads, s)
-    return (optax.apply_updates(p, updates), s), value
-
-  @jax.jit
-  def run(p):
-    (p, _), losses = jax.lax.scan(step, (p, opt.init(p)), None, length=steps)
-    return losses[0], loss(p)
-
-  return tuple(float(v) for v in run(params))
+  return fit(model, tokens[:, :-1], tokens[:, 1:], steps, lr)
 
 
 def test_metadata_and_block_names():

@@ -3,40 +3,19 @@
 import jax
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from jaxlab import models, param
 from jaxlab.param import roles
+from tests.models.fitting import KEY, fit
 
 IMAGES = np.random.default_rng(0).standard_normal((16, 8, 8, 1)).astype(np.float32)
 LABELS = np.random.default_rng(1).integers(0, 4, 16)
 
-# rbg keys: threefry initialisers take seconds to compile on CPU.
-KEY = jax.random.key(0, impl="rbg")
 
 
 def _fit(model, x, y, steps=25, lr=3e-3):
-  """(first, final) loss of full-batch Adam steps, one compiled scan."""
-  params = param.unbox(jax.jit(model.init)(KEY, x)["params"])
-  opt = optax.adam(lr)
-
-  def loss(p):
-    logits = model.apply({"params": p}, x, train=True)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  def step(carry, _):
-    p, s = carry
-    value, grads = jax.value_and_grad(loss)(p)
-    updates, s = opt.update(grads, s)
-    return (optax.apply_updates(p, updates), s), value
-
-  @jax.jit
-  def run(p):
-    (p, _), losses = jax.lax.scan(step, (p, opt.init(p)), None, length=steps)
-    return losses[0], loss(p)
-
-  return tuple(float(v) for v in run(params))
+  return fit(model, x, y, steps, lr)
 
 
 @pytest.mark.parametrize("patch,shape,pool", [

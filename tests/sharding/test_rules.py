@@ -2,9 +2,8 @@
 
 import jax
 import ml_collections
-import numpy as np
 import pytest
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from jaxlab import sharding
 
