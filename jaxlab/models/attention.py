@@ -5,7 +5,8 @@ moved ahead of the sequence ([B, K, G*L, D] with G query heads per kv head), so 
 plain batched matmul; the backward pass is the standard softmax-attention gradient
   dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(dP * P)),  dQ = dS K,  dK = dS^T Q,
 computed from the saved probabilities. On XLA:CPU this layout plus explicit VJP runs the
-4-head, 256-token case about 1.7x faster (fwd+bwd) than autodiff of the [B,L,H,D] einsums.
+4-head, 256-token case about 1.7x faster (fwd+bwd) than autodiff of the [B,L,H,D] einsums, and
+skipping the masked upper-right block of causal attention saves another ~25%.
 The Pallas kernels issue replaces this with a blocked kernel behind the same signature.
 """
 
@@ -54,12 +55,32 @@ def dot_product_attention(q_BLHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Arra
   if H % K:
     raise ValueError(f"heads {H} not a multiple of kv_heads {K}")
   G = H // K
-  q = (q_BLHD * jnp.asarray(scale, q_BLHD.dtype)).reshape(B, L, K, G, D)
-  q = q.transpose(0, 2, 3, 1, 4).reshape(B, K, G * L, D)
+  q = (q_BLHD * jnp.asarray(scale, q_BLHD.dtype)).reshape(B, L, K, G, D).transpose(0, 2, 3, 1, 4)
   k = k_BSKD.transpose(0, 2, 1, 3)
   v = v_BSKD.transpose(0, 2, 1, 3)
-  o = _attend(q, k, v, _bias(B, L, S, K, G, causal, mask))
+  if causal and mask is None and L == S and L % 2 == 0 and L >= CAUSAL_SPLIT_MIN_LEN:
+    o = _causal_halves(q, k, v)
+  else:
+    o = _attend(q.reshape(B, K, G * L, D), k, v, _bias(B, L, S, K, G, causal, mask))
   return o.reshape(B, K, G, L, D).transpose(0, 3, 1, 2, 4).reshape(B, L, H, D)
+
+
+CAUSAL_SPLIT_MIN_LEN = 128  # below this the two half-size matmuls cost more than they save
+
+
+def _causal_halves(q_BKGLD, k, v):
+  """Causal self-attention with the fully masked upper-right block skipped: the first half of
+  the queries attends to the first half of the keys only (25% fewer FLOPs, same result)."""
+  B, K, G, L, D = q_BKGLD.shape
+  c = L // 2
+  outs = []
+  for i in (0, 1):
+    S = (i + 1) * c
+    keep = jnp.arange(S)[None, :] <= (i * c + jnp.arange(c))[:, None]
+    bias = jnp.tile(jnp.where(keep, 0.0, MASKED).astype(jnp.float32), (G, 1))[None, None]
+    q_i = q_BKGLD[:, :, :, i * c:S].reshape(B, K, G * c, D)
+    outs.append(_attend(q_i, k[:, :, :S], v[:, :, :S], bias).reshape(B, K, G, c, D))
+  return jnp.concatenate(outs, axis=3).reshape(B, K, G * L, D)
 
 
 def _bias(B, L, S, K, G, causal, mask) -> jax.Array:

@@ -83,3 +83,24 @@ def test_rope_and_qkv_split_vjps_match_autodiff():
   ours = jax.vjp(lambda y: layers.split_last(y, (4, 6)), y)[1](cots)[0]
   ref = jax.vjp(lambda y: (y[..., :4], y[..., 4:6], y[..., 6:]), y)[1](cots)[0]
   np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_causal_halves_path_matches_reference(kv_heads):
+  """Long causal sequences take the path that skips the masked block; same values and grads."""
+  L = attention.CAUSAL_SPLIT_MIN_LEN
+  keys = jax.random.split(jax.random.PRNGKey(7), 4)
+  q = jax.random.normal(keys[0], (1, L, 2, 8))
+  k = jax.random.normal(keys[1], (1, L, kv_heads, 8))
+  v = jax.random.normal(keys[2], (1, L, kv_heads, 8))
+  cot = jax.random.normal(keys[3], q.shape)
+
+  def loss(fn):
+    return lambda q, k, v: jnp.sum(fn(q, k, v, scale=0.3, causal=True) * cot)
+
+  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, scale=0.3, causal=True),
+                             reference(q, k, v, 0.3, True), rtol=2e-5, atol=2e-5)
+  ours = jax.jit(jax.grad(loss(attention.dot_product_attention), argnums=(0, 1, 2)))(q, k, v)
+  ref = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
