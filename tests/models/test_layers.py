@@ -12,6 +12,7 @@ from jaxlab.models import layers
 from jaxlab.models.rope import apply_rope
 from jaxlab.quant.policy import QuantPolicy
 from jaxlab.param import roles
+from tests.models.references import reference
 
 # rbg keys: threefry initialisers take seconds to compile on CPU.
 KEY = jax.random.key(0, impl="rbg")
@@ -149,20 +150,7 @@ def test_norms_match_reference(cls, center):
 
 
 def _attention_ref(q, k, v, scale, causal, mask=None):
-  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
-  H, K = q.shape[2], k.shape[2]
-  k, v = np.repeat(k, H // K, axis=2), np.repeat(v, H // K, axis=2)
-  logits = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
-  L, S = q.shape[1], k.shape[1]
-  allowed = np.ones((1, 1, L, S), bool)
-  if causal:
-    allowed = allowed & (np.arange(S)[None, :] <= np.arange(L)[:, None] + S - L)
-  if mask is not None:
-    allowed = allowed & np.asarray(mask)
-  logits = np.where(allowed, logits, -np.inf)
-  p = np.exp(logits - logits.max(-1, keepdims=True))
-  p /= p.sum(-1, keepdims=True)
-  return np.einsum("bhqk,bkhd->bqhd", p, v)
+  return np.asarray(reference(*(jnp.asarray(a) for a in (q, k, v)), scale, causal, mask))
 
 
 @pytest.mark.parametrize("causal", [False, True])
