@@ -53,6 +53,20 @@ class _StopFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Clear errors, naming the config key, for values the loop cannot run with."""
+  for key in ("num_steps", "log_every", "checkpoint_every", "batch_size", "eval_batch_size"):
+    if int(config[key]) < 1:
+      raise ValueError(f"config.{key}={config[key]} must be a positive integer")
+  for key in ("eval_every", "stats_every", "eval_max_batches"):
+    if int(config[key]) < 0:
+      raise ValueError(f"config.{key}={config[key]} must be >= 0 (0 disables it)")
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % num_devices:
+      raise ValueError(f"config.{key}={config[key]} must be divisible by the {num_devices} devices"
+                       " of the mesh (each device gets an equal slice of the batch)")
+
+
 def evaluate(state, config, model, mesh) -> dict[str, float]:
   max_batches = config.get("eval_max_batches", 0) or None
   sums = None
@@ -89,6 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
   mesh = sharding.make_mesh(config.mesh)
+  validate_config(config, mesh.size)
   spec = data.dataset_spec(config.data)
   model = build_model(config, spec)
   tx = optim.make_optimizer(config.optim, config.num_steps)

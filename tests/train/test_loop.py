@@ -51,3 +51,21 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(mlp_config, tmp_pat
   state = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / str(steps[-1]) / "state")
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
   assert f"last good checkpoint is step {steps[-1]}" in str(err.value)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("checkpoint_every", 0, "config.checkpoint_every=0 must be a positive integer"),
+    ("eval_every", -1, "config.eval_every=-1 must be >= 0"),
+])
+def test_bad_loop_settings_are_named(mlp_config, tmp_path, key, value, match):
+  mlp_config[key] = value
+  with pytest.raises(ValueError, match=match):
+    loop.train_and_evaluate(mlp_config, str(tmp_path))
+
+
+def test_batch_not_divisible_by_devices_is_named():
+  from experiments.configs import mnist5k_mlp
+  c = mnist5k_mlp.get_config()
+  c.batch_size = 12
+  with pytest.raises(ValueError, match="config.batch_size=12 must be divisible by the 8 devices"):
+    loop.validate_config(c, num_devices=8)
