@@ -1,3 +1,4 @@
 """optax transforms and optimizers built from configs."""
 
+from jaxlab.optim.adam_atan2 import adam_atan2, scale_by_adam_atan2
 from jaxlab.optim.optimizers import make_optimizer, make_schedule

@@ -1,6 +1,6 @@
 """Optimizer and learning-rate schedule from a config (optax).
 
-config.optim keys: name (adamw | adam | sgd | lion), learning_rate, schedule (constant | cosine |
+config.optim keys: name (adamw | adam | adam_atan2 | sgd | lion), learning_rate, schedule (constant | cosine |
 linear), warmup_steps, min_lr_ratio (cosine/linear floor as a fraction of the peak), weight_decay,
 b1, b2, eps, momentum (sgd), grad_clip (global-norm clip; 0 disables).
 """
@@ -9,7 +9,9 @@ from typing import Any
 
 import optax
 
-OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
+from jaxlab.optim.adam_atan2 import adam_atan2
+
+OPTIMIZERS = ("adamw", "adam", "adam_atan2", "sgd", "lion")
 SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -40,6 +42,8 @@ def make_optimizer(cfg: Any, num_steps: int) -> optax.GradientTransformation:
     opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
   elif cfg.name == "adam":
     opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  elif cfg.name == "adam_atan2":
+    opt = adam_atan2(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
   elif cfg.name == "sgd":
     opt = optax.sgd(lr, momentum=cfg.get("momentum", 0.0) or None)
   elif cfg.name == "lion":
