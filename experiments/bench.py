@@ -72,7 +72,7 @@ def main(argv):
   spec = data.dataset_spec(config.data)
   model = build_model(config, spec)
   tx = optim.make_optimizer(config.optim, config.num_steps)
-  state, shardings, _ = init_state(model, tx, dummy_input(spec, _SEQ.value), 0, mesh)
+  state, shardings = init_state(model, tx, dummy_input(spec, _SEQ.value), 0, mesh)
   it = data.make_train_iterator(config.data, batch_size=_BATCH.value, seed=0)
   batches = [sharding.shard_batch(next(it), mesh) for _ in range(4)]
   kw = dict(model=model, tx=tx, task="lm", state_sharding=step_lib.Static(shardings))

@@ -68,3 +68,18 @@ __all__ = [
     "FeedForward", "LayerNorm", "MLP", "PositionEmbedding", "RMSNorm", "Readout", "ResNet",
     "TransformerLM", "ViT", "apply_rope", "build", "config_keys", "dot_product_attention",
     "num_params"]
+
+
+WIDTH_KEYS = {"mlp": "hidden_widths", "resnet": "width", "vit": "dim", "transformer": "d_model"}
+
+
+def width_of(model_cfg: Mapping[str, Any]) -> int:
+  """The width a parametrization's width multiplier refers to: d_model (transformer), dim (ViT),
+  width (ResNet; stages are 1x/2x/4x of it), the first hidden width (MLP)."""
+  cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+  kind = cfg.get("name")
+  if kind not in WIDTH_KEYS:
+    raise ValueError(f"unknown model {kind!r}; valid: {', '.join(sorted(WIDTH_KEYS))}")
+  cls_default = {f.name: f.default for f in dataclasses.fields(MODELS[kind])}
+  value = cfg.get(WIDTH_KEYS[kind], cls_default.get(WIDTH_KEYS[kind]))
+  return int(value[0] if isinstance(value, (tuple, list)) else value)

@@ -2,3 +2,5 @@
 
 from jaxlab.optim.adam_atan2 import adam_atan2, scale_by_adam_atan2
 from jaxlab.optim.optimizers import make_optimizer, make_schedule
+from jaxlab.optim.parametrization import (lr_scales, optimizer_family,
+                                          scale_by_parametrization)

@@ -19,9 +19,27 @@ class Parametrization:
   Init: weights ~ N(0, 1/fan_in) for every weight role (LeCun normal; for an embedding table
   fan_in is the vocabulary size), biases 0, norm gains 1. No forward multipliers, attention
   logits scaled by 1/sqrt(head_dim), residual branches unscaled, all optimizer scales 1.
+
+  Width-aware parametrizations compare the model to a base model: `base_width` (0 = the model
+  itself) and `width` (the model's, filled in by `resolve`), giving the width multiplier
+  m = width / base_width. At m = 1 every parametrization equals SP exactly.
   """
 
   name: str = "sp"
+  base_width: int = 0
+  width: int = 0
+
+  @property
+  def width_mult(self) -> float:
+    if not self.base_width or not self.width:
+      return 1.0
+    return self.width / self.base_width
+
+  def resolve(self, width: int) -> "Parametrization":
+    """This parametrization for a model of the given width (e.g. d_model, hidden width)."""
+    if width <= 0:
+      raise ValueError(f"model width must be positive, got {width}")
+    return dataclasses.replace(self, width=int(width))
 
   def init_std(self, role: str, fan_in: int, fan_out: int) -> float:
     roles.check(role)
@@ -54,11 +72,54 @@ class Parametrization:
 
 SP = Parametrization
 
-_REGISTRY = {"sp": SP}
+
+@dataclasses.dataclass(frozen=True)
+class MuP(Parametrization):
+  """Maximal-update parametrization (Yang et al. 2022, Tensor Programs V), in the form of its
+  Table 8 / the microsoft/mup package: relative to SP at the base width,
+
+    readout: forward multiplier 1/m, init std kept at its base value (sqrt(m) / sqrt(fan_in)),
+             or exactly 0 with zero_readout=True;
+    attention logits: scale sqrt(base head_dim) / head_dim (1/d instead of 1/sqrt(d); assumes
+             head_dim grows with width, heads fixed);
+    Adam LR: hidden (matrix-like) x 1/m; input, readout, biases, norm gains x 1;
+    SGD LR:  input, readout, biases, norm gains (one width-sized dim) x m; hidden x 1.
+
+  Everything else is SP. Weight decay is scaled with the LR (decoupled, as optax.adamw applies
+  it inside the update); Adam epsilon is not rescaled (as in microsoft/mup).
+  """
+
+  name: str = "mup"
+  zero_readout: bool = False
+
+  def init_std(self, role: str, fan_in: int, fan_out: int) -> float:
+    if role == roles.READOUT:
+      return 0.0 if self.zero_readout else super().init_std(role, fan_in, fan_out) * math.sqrt(
+          self.width_mult)
+    return super().init_std(role, fan_in, fan_out)
+
+  def forward_multiplier(self, role: str, fan_in: int, fan_out: int) -> float:
+    roles.check(role)
+    return 1.0 / self.width_mult if role == roles.READOUT else 1.0
+
+  def attention_scale(self, head_dim: int) -> float:
+    return 1.0 / (math.sqrt(head_dim) * math.sqrt(self.width_mult))
+
+  def lr_scale(self, role: str, fan_in: int, fan_out: int, family: str = "adam") -> float:
+    roles.check(role)
+    m = self.width_mult
+    if family == "adam":
+      return 1.0 / m if role == roles.HIDDEN else 1.0
+    if family == "sgd":
+      return 1.0 if role == roles.HIDDEN else m
+    raise ValueError(f"optimizer family {family!r}; valid: adam, sgd")
+
+
+_REGISTRY = {"sp": SP, "mup": MuP}
 
 
 def get(name: str, **kwargs) -> Parametrization:
-  """`jaxlab.param.get("sp")`; later issues register ntk, mup, depth_mup, umup."""
+  """`jaxlab.param.get("mup", base_width=64)`; NTK, depth-muP, u-muP are still to come."""
   if name not in _REGISTRY:
     raise ValueError(f"unknown parametrization {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
   return _REGISTRY[name](**kwargs)

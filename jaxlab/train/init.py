@@ -9,7 +9,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxlab import models, param, quant
+from jaxlab import models, optim, param, quant
 from jaxlab.sharding import rules
 from jaxlab.train.state import TrainState
 
@@ -21,8 +21,23 @@ def build_model(config: ml_collections.ConfigDict, spec: Any) -> nn.Module:
     model_cfg.num_classes = spec.num_classes
   if spec.task == "lm" and "vocab_size" not in model_cfg:
     model_cfg.vocab_size = spec.vocab_size
-  return models.build(model_cfg, parametrization=param.get(config.parametrization),
+  p = param.get(config.parametrization, base_width=int(config.get("base_width", 0)))
+  return models.build(model_cfg, parametrization=p.resolve(models.width_of(model_cfg)),
                       quant=quant.get(config.quant))
+
+
+def param_info_of(model: nn.Module, example: jax.Array) -> Any:
+  """Role / fan-in / fan-out / logical axes of every parameter, without allocating any."""
+  abstract = jax.eval_shape(lambda r: model.init(r, example), jax.random.PRNGKey(0))["params"]
+  return param.param_info(abstract)
+
+
+def make_tx(config: ml_collections.ConfigDict, model: nn.Module,
+            info: Any) -> optax.GradientTransformation:
+  """config.optim's optimizer followed by the model's parametrization's per-parameter LR scales."""
+  family = optim.optimizer_family(config.optim.name)
+  return optax.chain(optim.make_optimizer(config.optim, config.num_steps),
+                     optim.scale_by_parametrization(model.parametrization, info, family))
 
 
 def dummy_input(spec: Any, seq_len: int = 0) -> jax.Array:
@@ -32,13 +47,12 @@ def dummy_input(spec: Any, seq_len: int = 0) -> jax.Array:
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, example: jax.Array,
-               seed: int, mesh: Mesh) -> tuple[TrainState, Any, Any]:
-  """(state, state_shardings, param_info): every array is created directly in its shards."""
+               seed: int, mesh: Mesh) -> tuple[TrainState, Any]:
+  """(state, state_shardings): every array is created directly in its shards."""
   rng = jax.random.PRNGKey(seed)
   init_rng, state_rng = jax.random.split(rng)
   abstract = jax.eval_shape(lambda r: model.init(r, example), init_rng)["params"]
   shardings = rules.param_shardings(abstract, mesh)
-  info = param.param_info(abstract)
 
   def make(r):
     params = param.unbox(model.init(r, example)["params"])
@@ -47,7 +61,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example: jax.
 
   state_shardings = _state_shardings(jax.eval_shape(make, init_rng), shardings, tx, mesh)
   state = jax.jit(make, out_shardings=state_shardings)(init_rng)
-  return state, state_shardings, info
+  return state, state_shardings
 
 
 def _state_shardings(abstract: TrainState, param_shardings: Any, tx: optax.GradientTransformation,

@@ -18,9 +18,9 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from jaxlab import data, optim, sharding
+from jaxlab import data, sharding
 from jaxlab.train import checkpoint, step as step_lib, tasks
-from jaxlab.train.init import build_model, dummy_input, init_state
+from jaxlab.train.init import build_model, dummy_input, init_state, make_tx, param_info_of
 from jaxlab.train.metrics import MetricsWriter
 
 SYNC_EVERY = 10  # wait for the device at least this often (8 simulated CPU devices need it)
@@ -106,10 +106,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   validate_config(config, mesh.size)
   spec = data.dataset_spec(config.data)
   model = build_model(config, spec)
-  tx = optim.make_optimizer(config.optim, config.num_steps)
+  example = dummy_input(spec, config.data.get("seq_len", 0))
+  tx = make_tx(config, model, param_info_of(model, example))
   task = config.data.task
-  state, state_shardings, _ = init_state(model, tx, dummy_input(spec, config.data.get("seq_len", 0)),
-                                         config.seed, mesh)
+  state, state_shardings = init_state(model, tx, example, config.seed, mesh)
   state_sharding = step_lib.Static(state_shardings)
 
   manager = checkpoint.make_manager(workdir, max_to_keep=config.max_to_keep)

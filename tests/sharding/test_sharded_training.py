@@ -19,7 +19,7 @@ c.mesh.data, c.mesh.fsdp = 4, 2
 mesh = sharding.make_mesh(c.mesh)
 spec = data.dataset_spec(c.data)
 model = build_model(c, spec)
-state, shardings, _ = init_state(model, optim.make_optimizer(c.optim, c.num_steps),
+state, shardings = init_state(model, optim.make_optimizer(c.optim, c.num_steps),
                                  dummy_input(spec), 0, mesh)
 def spec(x):
   s = list(x.sharding.spec)

@@ -1,0 +1,41 @@
+"""`scale_by_parametrization`: the optimizer side of a parametrization, as one optax transform.
+
+Placed last in any chain, it multiplies each parameter's update by the parametrization's
+learning-rate scale for that parameter's role and fans (e.g. muP + Adam: hidden weights x 1/m),
+so `optax.chain(optax.adamw(lr), scale_by_parametrization(p, info))` is all a user writes.
+"""
+
+from typing import Any
+
+import jax
+import optax
+
+from jaxlab.param.base import Parametrization
+from jaxlab.param.meta import ParamInfo
+
+FAMILIES = {"adamw": "adam", "adam": "adam", "adam_atan2": "adam", "lion": "adam", "sgd": "sgd"}
+
+
+def optimizer_family(name: str) -> str:
+  """'adam' for sign/scale-invariant updates (Adam, AdamW, Adam-atan2, Lion), 'sgd' for SGD."""
+  if name not in FAMILIES:
+    raise ValueError(f"no parametrization LR rule for optimizer {name!r}; known: {sorted(FAMILIES)}")
+  return FAMILIES[name]
+
+
+def lr_scales(p: Parametrization, info: Any, family: str) -> Any:
+  """Tree of per-parameter LR multipliers (floats), shaped like `info` (a param_info tree)."""
+  return jax.tree.map(lambda i: p.lr_scale(i.role, i.fan_in, i.fan_out, family), info,
+                      is_leaf=lambda x: isinstance(x, ParamInfo))
+
+
+def scale_by_parametrization(p: Parametrization, info: Any,
+                             family: str = "adam") -> optax.GradientTransformation:
+  """Multiplies each update by `p.lr_scale(role, fan_in, fan_out, family)`; stateless."""
+  scales = lr_scales(p, info, family)
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, s: u if s == 1.0 else u * s, updates, scales), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -1,0 +1,71 @@
+"""Per-role scale tables (unit-scaling's test_optim habit) and SP equivalence at the base width."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxlab import models, optim, param
+from jaxlab.param import roles
+from jaxlab.train.init import param_info_of
+
+FANS = {roles.INPUT: (784, 256), roles.HIDDEN: (256, 1024), roles.READOUT: (256, 10),
+        roles.BIAS: (1, 256), roles.NORM: (256, 256)}
+
+
+@pytest.mark.parametrize("role", roles.ALL)
+def test_mup_at_base_width_is_sp_exactly(role):
+  sp, mup = param.SP(), param.get("mup", base_width=256).resolve(256)
+  fi, fo = FANS[role]
+  assert mup.init_std(role, fi, fo) == sp.init_std(role, fi, fo)
+  assert mup.forward_multiplier(role, fi, fo) == sp.forward_multiplier(role, fi, fo) == 1.0
+  for family in ("adam", "sgd"):
+    assert mup.lr_scale(role, fi, fo, family) == sp.lr_scale(role, fi, fo, family) == 1.0
+  assert mup.attention_scale(64) == sp.attention_scale(64)
+
+
+def test_mup_table_at_width_multiplier_4():
+  p = param.get("mup", base_width=64).resolve(256)
+  assert p.width_mult == 4.0
+  # Tensor Programs V, Table 8 (microsoft/mup form), relative to SP at the base width.
+  expected = {  # role: (forward multiplier, init std * sqrt(fan_in), Adam LR, SGD LR)
+      roles.INPUT: (1.0, 1.0, 1.0, 4.0),
+      roles.HIDDEN: (1.0, 1.0, 0.25, 1.0),
+      roles.READOUT: (0.25, 2.0, 1.0, 4.0),
+  }
+  for role, (mult, std, adam, sgd) in expected.items():
+    fi, fo = FANS[role]
+    assert p.forward_multiplier(role, fi, fo) == mult
+    assert p.init_std(role, fi, fo) * math.sqrt(fi) == pytest.approx(std)
+    assert (p.lr_scale(role, fi, fo, "adam"), p.lr_scale(role, fi, fo, "sgd")) == (adam, sgd)
+  for role in (roles.BIAS, roles.NORM):
+    assert (p.lr_scale(role, *FANS[role], "adam"), p.lr_scale(role, *FANS[role], "sgd")) == (1.0, 4.0)
+  assert p.attention_scale(64) == pytest.approx(1 / 16)  # sqrt(base head dim 16) / 64
+  assert param.get("mup", base_width=64, zero_readout=True).resolve(256).init_std(
+      roles.READOUT, 256, 10) == 0.0
+
+
+def test_scale_by_parametrization_scales_each_update_by_its_role():
+  p = param.get("mup", base_width=16).resolve(64)
+  model = models.MLP(hidden_widths=(64, 64), num_classes=10, parametrization=p)
+  info = param_info_of(model, np.zeros((1, 8, 8, 1), np.float32))
+  tx = optim.scale_by_parametrization(p, info, "adam")
+  ones = jax.tree.map(lambda i: jnp.ones(()), info, is_leaf=lambda x: isinstance(x, param.ParamInfo))
+  updates, _ = tx.update(ones, tx.init(ones))
+  assert float(updates["dense_1"]["kernel"]) == 0.25  # hidden: 1/m
+  assert float(updates["dense_0"]["kernel"]) == 1.0  # input
+  assert float(updates["readout"]["kernel"]) == 1.0  # readout (the 1/m is in the forward)
+  assert float(updates["dense_1"]["bias"]) == 1.0
+  with pytest.raises(ValueError, match="no parametrization LR rule"):
+    optim.optimizer_family("adafactor")
+
+
+@pytest.mark.parametrize("cfg,width", [({"name": "mlp", "hidden_widths": (128, 128)}, 128),
+                                       ({"name": "resnet", "width": 32}, 32),
+                                       ({"name": "vit", "dim": 96}, 96),
+                                       ({"name": "transformer"}, 256)])
+def test_width_of_each_model(cfg, width):
+  assert models.width_of(ml_collections.ConfigDict(cfg)) == width
