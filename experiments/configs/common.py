@@ -8,6 +8,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.parametrization = "sp"  # sp | mup (jaxlab.param.get)
   c.base_width = 0  # width of the base model for width-aware parametrizations; 0 = this model
+  c.zero_readout = False  # muP option: readout initialised to exactly 0
   c.quant = "fp32"
   c.batch_size = 128
   c.eval_batch_size = 200

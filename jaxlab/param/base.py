@@ -122,4 +122,10 @@ def get(name: str, **kwargs) -> Parametrization:
   """`jaxlab.param.get("mup", base_width=64)`; NTK, depth-muP, u-muP are still to come."""
   if name not in _REGISTRY:
     raise ValueError(f"unknown parametrization {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
-  return _REGISTRY[name](**kwargs)
+  cls = _REGISTRY[name]
+  valid = {f.name for f in dataclasses.fields(cls)} - {"name", "width"}
+  unknown = set(kwargs) - valid
+  if unknown:
+    raise ValueError(f"parametrization {name!r} has no option(s) {sorted(unknown)}; "
+                     f"valid: {sorted(valid)}")
+  return cls(**kwargs)

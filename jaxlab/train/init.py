@@ -21,7 +21,10 @@ def build_model(config: ml_collections.ConfigDict, spec: Any) -> nn.Module:
     model_cfg.num_classes = spec.num_classes
   if spec.task == "lm" and "vocab_size" not in model_cfg:
     model_cfg.vocab_size = spec.vocab_size
-  p = param.get(config.parametrization, base_width=int(config.get("base_width", 0)))
+  options = {"base_width": int(config.get("base_width", 0))}
+  if config.get("zero_readout", False):
+    options["zero_readout"] = True
+  p = param.get(config.parametrization, **options)
   return models.build(model_cfg, parametrization=p.resolve(models.width_of(model_cfg)),
                       quant=quant.get(config.quant))
 

@@ -69,3 +69,8 @@ def test_scale_by_parametrization_scales_each_update_by_its_role():
                                        ({"name": "transformer"}, 256)])
 def test_width_of_each_model(cfg, width):
   assert models.width_of(ml_collections.ConfigDict(cfg)) == width
+
+
+def test_unknown_option_is_named():
+  with pytest.raises(ValueError, match=r"parametrization 'sp' has no option\(s\) \['zero_readout'\]"):
+    param.get("sp", zero_readout=True)
