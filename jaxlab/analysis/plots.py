@@ -8,14 +8,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def coord_check_grid(results: dict, path: str) -> None:
   """results[parametrization][width] = [scales at step t] -> rows: parametrizations, columns:
-  steps; mean |x| vs width (log-log), one line per layer (microsoft/mup's coord-check plot)."""
+  steps; mean |x| vs width (log-log), one line per top-level layer (sublayers such as
+  'block_0/attn' stay in the JSON) -- microsoft/mup's coord-check plot."""
   names = list(results)
   widths = sorted(next(iter(results.values())))
   steps = len(results[names[0]][widths[0]])
   fig, axes = plt.subplots(len(names), steps, figsize=(3 * steps, 2.8 * len(names)),
                            squeeze=False, sharex=True)
   for row, name in enumerate(names):
-    layers = list(results[name][widths[0]][0])
+    layers = [k for k in results[name][widths[0]][0] if "/" not in k]
     for t in range(steps):
       ax = axes[row][t]
       for layer in layers:
