@@ -18,7 +18,8 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from jaxlab import data, models
+from experiments.width_configs import config_at
+from jaxlab import data
 from jaxlab.analysis import coord_check, plots
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 
@@ -34,12 +35,8 @@ _ZERO_READOUT = flags.DEFINE_bool("zero_readout", False, "muP: zero-initialised 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def config_at(config: ml_collections.ConfigDict, name: str, width: int) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict(config.to_dict())
-  key = models.WIDTH_KEYS[c.model.name]
-  c.model[key] = (width,) * len(c.model[key]) if c.model.name == "mlp" else width
-  c.parametrization, c.base_width = name, _BASE.value
-  c.zero_readout = _ZERO_READOUT.value and name == "mup"
+def coord_config(config: ml_collections.ConfigDict, name: str, width: int) -> ml_collections.ConfigDict:
+  c = config_at(config, name, width, base_width=_BASE.value, zero_readout=_ZERO_READOUT.value)
   c.optim.update(schedule="constant", warmup_steps=0, grad_clip=0.0)
   if _LR.value:
     c.optim.learning_rate = _LR.value
@@ -56,7 +53,7 @@ def main(argv):
   results = {}
   for name in _PARAMS.value:
     def build(width, name=name):
-      c = config_at(config, name, width)
+      c = coord_config(config, name, width)
       model = build_model(c, spec)
       return model, make_tx(c, model, param_info_of(model, example))
     results[name] = coord_check(build, [int(w) for w in _WIDTHS.value], batch, spec.task,

@@ -1,0 +1,33 @@
+"""The width-sweep launchers end to end at toy size on real digits: files written, numbers sane."""
+
+import json
+
+
+def test_coord_check_cli(run_python, tfds_data_dir, tmp_path):
+  done = run_python("-m", "experiments.coord_check", "--config=experiments/configs/digits_mlp.py",
+                    f"--config.data.data_dir={tfds_data_dir}", "--widths=16,64",
+                    "--base_width=16", "--steps=2", "--lr=1e-3", f"--workdir={tmp_path}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((tmp_path / "coord_check.json").read_text())
+  assert set(results) == {"sp", "mup"} and set(results["mup"]) == {"16", "64"}
+  assert len(results["mup"]["64"]) == 3 and "logits" in results["mup"]["64"][0]
+  assert results["mup"]["16"] == results["sp"]["16"]  # base width: identical runs
+  assert (tmp_path / "coord_check.png").stat().st_size > 10_000
+  assert "mup: mean|x| ratio width 64/16 at step 2" in done.stdout
+
+
+def test_lr_transfer_cli(run_python, tfds_data_dir, tmp_path):
+  done = run_python("-m", "experiments.lr_transfer", "--config=experiments/configs/digits_mlp.py",
+                    f"--config.data.data_dir={tfds_data_dir}", "--widths=16,32",
+                    "--base_width=16", "--log2_lrs=-10,-4", "--steps=20", "--seeds=2",
+                    f"--workdir={tmp_path}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads((tmp_path / "lr_transfer.json").read_text())
+  r = out["results"]["mup"]["32"]
+  assert r["log2_lr"] == list(range(-10, -3)) and len(r["eval_loss"]) == 7
+  assert all(len(per_seed) == 2 for per_seed in r["eval_loss"])
+  assert -10 <= r["best_log2_lr"] <= -4
+  assert out["timing"]["num_lrs"] == 7 and out["timing"]["speedup"] > 0
+  assert out["results"]["mup"]["16"] == {**out["results"]["sp"]["16"],
+                                        "seconds": out["results"]["mup"]["16"]["seconds"]}
+  assert (tmp_path / "lr_transfer.png").stat().st_size > 10_000
