@@ -38,6 +38,8 @@ _PARAMS = flags.DEFINE_list("parametrizations", ["sp", "mup"], "jaxlab.param nam
 _LRS = flags.DEFINE_list("log2_lrs", ["-14", "-3"], "first,last log2 peak LR (step 1)")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "seeds per (width, LR), a second vmapped axis")
 _STEPS = flags.DEFINE_integer("steps", 300, "training steps per run")
+_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 0,
+                                   "examples in the final eval batch (0 = config.eval_batch_size)")
 _TIME = flags.DEFINE_bool("time_sequential", True, "also time the first width's LRs one by one")
 _BASE = flags.DEFINE_integer("base_width", 128, "base width of the width-aware parametrizations")
 _ZERO_READOUT = flags.DEFINE_bool("zero_readout", False, "muP: zero-initialised readout")
@@ -59,7 +61,8 @@ def main(argv):
   example = dummy_input(spec, config.data.get("seq_len", 0))
   train = stack_batches(data.make_train_iterator(config.data, batch_size=config.batch_size,
                                                  seed=config.seed), _STEPS.value)
-  evals = next(data.eval_batches(config.data, batch_size=config.eval_batch_size))
+  evals = next(data.eval_batches(config.data,
+                                 batch_size=_EVAL_BATCH.value or config.eval_batch_size))
   lo, hi = map(int, _LRS.value)
   lrs = np.array([2.0**k for k in range(lo, hi + 1)], np.float32)
   seeds = np.arange(_SEEDS.value, dtype=np.uint32)
