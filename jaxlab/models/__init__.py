@@ -83,3 +83,21 @@ def width_of(model_cfg: Mapping[str, Any]) -> int:
   cls_default = {f.name: f.default for f in dataclasses.fields(MODELS[kind])}
   value = cfg.get(WIDTH_KEYS[kind], cls_default.get(WIDTH_KEYS[kind]))
   return int(value[0] if isinstance(value, (tuple, list)) else value)
+
+
+def depth_of(model_cfg: Mapping[str, Any]) -> int:
+  """Number of residual blocks (depth-muP's L): num_layers (transformer), depth (ViT),
+  3 * blocks_per_stage (ResNet); number of hidden layers for the MLP (no residual branches)."""
+  cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+  kind = cfg.get("name")
+  if kind not in MODELS:
+    raise ValueError(f"unknown model {kind!r}; valid: {', '.join(sorted(MODELS))}")
+  defaults = {f.name: f.default for f in dataclasses.fields(MODELS[kind])}
+  get = lambda key: cfg.get(key, defaults.get(key))
+  if kind == "transformer":
+    return int(get("num_layers"))
+  if kind == "vit":
+    return int(get("depth"))
+  if kind == "resnet":
+    return 3 * int(get("blocks_per_stage"))
+  return len(get("hidden_widths"))

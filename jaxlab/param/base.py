@@ -7,6 +7,7 @@ weight-decay and Adam-epsilon scales. Layers consult it at init/apply time; the 
 """
 
 import dataclasses
+import functools
 import math
 
 from jaxlab.param import roles
@@ -28,6 +29,8 @@ class Parametrization:
   name: str = "sp"
   base_width: int = 0
   width: int = 0
+  base_depth: int = 0
+  depth: int = 0
 
   @property
   def width_mult(self) -> float:
@@ -35,11 +38,18 @@ class Parametrization:
       return 1.0
     return self.width / self.base_width
 
-  def resolve(self, width: int) -> "Parametrization":
-    """This parametrization for a model of the given width (e.g. d_model, hidden width)."""
-    if width <= 0:
-      raise ValueError(f"model width must be positive, got {width}")
-    return dataclasses.replace(self, width=int(width))
+  @property
+  def depth_mult(self) -> float:
+    if not self.base_depth or not self.depth:
+      return 1.0
+    return self.depth / self.base_depth
+
+  def resolve(self, width: int, depth: int = 0) -> "Parametrization":
+    """This parametrization for a model of the given width (e.g. d_model, hidden width) and
+    depth (number of residual blocks; 0 = unknown, depth multiplier 1)."""
+    if width <= 0 or depth < 0:
+      raise ValueError(f"model width must be positive and depth >= 0, got {width}, {depth}")
+    return dataclasses.replace(self, width=int(width), depth=int(depth))
 
   def init_std(self, role: str, fan_in: int, fan_out: int) -> float:
     roles.check(role)
@@ -115,15 +125,43 @@ class MuP(Parametrization):
     raise ValueError(f"optimizer family {family!r}; valid: adam, sgd")
 
 
-_REGISTRY = {"sp": SP, "mup": MuP}
+@dataclasses.dataclass(frozen=True)
+class DepthMuP(MuP):
+  """muP plus depth scaling of residual networks: every residual branch is multiplied by
+  (L / L_base)^-alpha and hidden (matrix-like) Adam learning rates by (L / L_base)^(alpha - 1),
+  alpha = 1/2 (Bordelon et al. 2023, "Depthwise Hyperparameter Transfer in Residual Networks";
+  Yang et al. 2023) or alpha = 1 ("CompleteP"). L = number of residual blocks. At L = L_base and
+  m = 1 it is SP exactly. (The matching Adam-epsilon rule, eps x m^-1 (L/L_base)^-alpha, needs a
+  per-parameter epsilon inside Adam and is not applied yet.)
+  """
+
+  name: str = "depth_mup"
+  alpha: float = 0.5
+
+  def residual_multiplier(self, num_layers: int) -> float:
+    if not self.base_depth:
+      return 1.0
+    return (num_layers / self.base_depth) ** -self.alpha
+
+  def lr_scale(self, role: str, fan_in: int, fan_out: int, family: str = "adam") -> float:
+    scale = super().lr_scale(role, fan_in, fan_out, family)
+    if family == "adam" and role == roles.HIDDEN:
+      scale *= self.depth_mult ** (self.alpha - 1.0)
+    return scale
+
+
+_REGISTRY = {"sp": SP, "mup": MuP, "depth_mup": DepthMuP,
+             "completep": functools.partial(DepthMuP, name="completep", alpha=1.0)}
 
 
 def get(name: str, **kwargs) -> Parametrization:
-  """`jaxlab.param.get("mup", base_width=64)`; NTK, depth-muP, u-muP are still to come."""
+  """`jaxlab.param.get("mup", base_width=64)`, `get("depth_mup", base_width=64, base_depth=2)`;
+  NTK and u-muP are still to come."""
   if name not in _REGISTRY:
     raise ValueError(f"unknown parametrization {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
   cls = _REGISTRY[name]
-  valid = {f.name for f in dataclasses.fields(cls)} - {"name", "width"}
+  fields = dataclasses.fields(cls.func if isinstance(cls, functools.partial) else cls)
+  valid = {f.name for f in fields} - {"name", "width", "depth"}
   unknown = set(kwargs) - valid
   if unknown:
     raise ValueError(f"parametrization {name!r} has no option(s) {sorted(unknown)}; "

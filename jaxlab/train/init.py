@@ -22,10 +22,13 @@ def build_model(config: ml_collections.ConfigDict, spec: Any) -> nn.Module:
   if spec.task == "lm" and "vocab_size" not in model_cfg:
     model_cfg.vocab_size = spec.vocab_size
   options = {"base_width": int(config.get("base_width", 0))}
+  if config.get("base_depth", 0):
+    options["base_depth"] = int(config.base_depth)
   if config.get("zero_readout", False):
     options["zero_readout"] = True
   p = param.get(config.parametrization, **options)
-  return models.build(model_cfg, parametrization=p.resolve(models.width_of(model_cfg)),
+  p = p.resolve(models.width_of(model_cfg), models.depth_of(model_cfg))
+  return models.build(model_cfg, parametrization=p,
                       quant=quant.get(config.quant))
 
 

@@ -74,3 +74,50 @@ def test_width_of_each_model(cfg, width):
 def test_unknown_option_is_named():
   with pytest.raises(ValueError, match=r"parametrization 'sp' has no option\(s\) \['zero_readout'\]"):
     param.get("sp", zero_readout=True)
+
+
+@pytest.mark.parametrize("name,alpha", [("depth_mup", 0.5), ("completep", 1.0)])
+def test_depth_mup_table(name, alpha):
+  """Residual branches x (L/L_base)^-alpha; hidden Adam LR x (L/L_base)^(alpha-1) / m."""
+  p = param.get(name, base_width=64, base_depth=2).resolve(256, 8)
+  assert p.alpha == alpha and p.depth_mult == 4.0
+  assert p.residual_multiplier(8) == pytest.approx(4.0 ** -alpha)
+  assert p.lr_scale(roles.HIDDEN, 256, 1024, "adam") == pytest.approx(0.25 * 4.0 ** (alpha - 1))
+  assert p.lr_scale(roles.INPUT, 784, 256, "adam") == 1.0
+  assert p.forward_multiplier(roles.READOUT, 256, 10) == 0.25  # muP part unchanged
+  base = param.get(name, base_width=64, base_depth=2).resolve(64, 2)
+  sp = param.SP()
+  assert base.residual_multiplier(2) == 1.0
+  for role in roles.ALL:
+    fi, fo = FANS[role]
+    assert base.lr_scale(role, fi, fo, "adam") == sp.lr_scale(role, fi, fo, "adam")
+    assert base.init_std(role, fi, fo) == sp.init_std(role, fi, fo)
+
+
+def test_depth_of_each_model():
+  assert models.depth_of(ml_collections.ConfigDict({"name": "transformer", "num_layers": 6})) == 6
+  assert models.depth_of(ml_collections.ConfigDict({"name": "vit"})) == 2
+  assert models.depth_of(ml_collections.ConfigDict({"name": "resnet", "blocks_per_stage": 3})) == 9
+  assert models.depth_of(ml_collections.ConfigDict({"name": "mlp", "hidden_widths": (8, 8)})) == 2
+
+
+def test_depth_mup_lm_at_base_equals_sp_and_scales_branches_when_deeper():
+  """Through build_model: the LM under depth_mup at its base size is SP bit for bit; at 4x depth
+  its residual branches are halved (alpha = 1/2)."""
+  import jax
+  from experiments.configs import shakespeare_lm
+  from jaxlab.data.pipeline import DataSpec
+  from jaxlab.train.init import build_model
+  spec = DataSpec("lm", vocab_size=256)
+  c = shakespeare_lm.get_config()
+  c.model.update(d_model=32, num_layers=2, num_heads=2)
+  tokens = np.arange(16, dtype=np.int32).reshape(1, 16)
+  outs = {}
+  for name in ("sp", "depth_mup"):
+    c.parametrization, c.base_width, c.base_depth = name, 32, 2
+    model = build_model(c, spec)
+    variables = model.init(jax.random.PRNGKey(0), tokens)
+    outs[name] = np.asarray(model.apply(variables, tokens))
+  np.testing.assert_array_equal(outs["sp"], outs["depth_mup"])
+  c.model.num_layers = 8
+  assert build_model(c, spec).parametrization.residual_multiplier(8) == 0.5
