@@ -28,7 +28,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from experiments.width_configs import config_at  # noqa: E402
 from jaxlab import data  # noqa: E402
-from jaxlab.analysis import make_sweep, stack_batches  # noqa: E402
+from jaxlab.analysis.lr_sweep import make_sweep, mean_over_seeds, stack_batches  # noqa: E402
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "an experiments/configs file")
@@ -78,7 +78,7 @@ def main(argv):
       _, final = jax.block_until_ready(run(lrs, seeds, train, evals))
       elapsed = time.perf_counter() - t0
       final = np.asarray(final)
-      mean = np.where(np.isfinite(final), final, np.inf).mean(axis=1)
+      mean = mean_over_seeds(final)
       results[name][width] = {"log2_lr": list(range(lo, hi + 1)), "eval_loss": final.tolist(),
                               "best_log2_lr": lo + int(np.argmin(mean)), "seconds": elapsed}
       print(f"{name} width {width}: best log2 LR {results[name][width]['best_log2_lr']}, "

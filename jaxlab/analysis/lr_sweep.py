@@ -52,6 +52,11 @@ def make_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTran
   return jax.jit(jax.vmap(over_seeds, in_axes=(0, None, None, None)))
 
 
+def mean_over_seeds(final_loss: np.ndarray) -> np.ndarray:
+  """[K, S] final losses -> [K] means, a diverged (non-finite) seed making its LR's mean inf."""
+  return np.where(np.isfinite(final_loss), final_loss, np.inf).mean(axis=1)
+
+
 def lr_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransformation],
              task: str, lrs: Sequence[float], seeds: Sequence[int], train_batches: dict,
              eval_batch: dict) -> dict:
@@ -60,6 +65,6 @@ def lr_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransf
   train, final = run(jnp.asarray(lrs, jnp.float32), jnp.asarray(seeds, jnp.uint32),
                      train_batches, eval_batch)
   train, final = np.asarray(train), np.asarray(final)
-  mean_final = np.where(np.isfinite(final), final, np.inf).mean(axis=1)
+  mean_final = mean_over_seeds(final)
   return {"lrs": list(map(float, lrs)), "seeds": list(map(int, seeds)), "train_loss": train,
           "eval_loss": final, "best_lr": float(lrs[int(np.argmin(mean_final))])}
