@@ -6,7 +6,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.parametrization = "sp"  # sp | mup | depth_mup | completep (jaxlab.param.get)
+  c.parametrization = "sp"  # sp | ntk | sp_perlayer | mup | depth_mup | completep | umup
   c.base_width = 0  # width of the base model for width-aware parametrizations; 0 = this model
   c.zero_readout = False  # muP option: readout initialised to exactly 0
   c.base_depth = 0  # depth_mup / completep: residual blocks of the base model; 0 = this model

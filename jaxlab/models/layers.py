@@ -25,9 +25,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlab.param.base import SP, Parametrization
+from jaxlab.param.base import SP, OpScales, Parametrization
 from jaxlab.param.meta import ParamMeta
 from jaxlab.param.roles import BIAS, HIDDEN, INPUT, NORM, READOUT, check
+from jaxlab.param.unit_scaling import scale_bwd, scale_fwd, scaled_op
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 from jaxlab.models.attention import dot_product_attention
 from jaxlab.models.rope import apply_rope
@@ -78,6 +79,14 @@ def scale(x: jax.Array, multiplier: float) -> jax.Array:
   return x * jnp.asarray(multiplier, x.dtype)
 
 
+def scale_param(w: jax.Array, s: OpScales) -> jax.Array:
+  """s.out * w for a parameter used elementwise (bias, gain, looked-up table), its cotangent
+  multiplied by s.grad_param; plain `scale(w, s.out)` when the two agree."""
+  if s.out == s.grad_param:
+    return scale(w, s.out)
+  return scale_fwd(scale_bwd(w, s.grad_param), s.out)
+
+
 def module_path(module: nn.Module) -> str:
   return "/".join(module.scope.path)
 
@@ -96,6 +105,12 @@ def activation(name: str) -> Callable:
   if name not in ACTIVATIONS:
     raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
   return ACTIVATIONS[name]
+
+
+def apply_activation(name: str, x: jax.Array, parametrization: Parametrization) -> jax.Array:
+  """activation(name)(x) times the parametrization's activation scale (1 except u-muP)."""
+  f = activation(name)
+  return scale(f(x), parametrization.activation_scale(f))
 
 
 class Dense(nn.Module):
@@ -120,17 +135,19 @@ class Dense(nn.Module):
     fan_in = x.shape[0] if self.feature_major else x.shape[-1]
     kernel = make_param(self, "kernel", (fan_in, self.features), names=self.kernel_axes,
                         role=self.role, fan_in=fan_in, fan_out=self.features, parametrization=p)
-    dot_general = self.quant.dot_general(module_path(self))
+    dot_general = self.quant.dot_general(module_path(self),
+                                         weight_operand="lhs" if self.feature_major else "rhs")
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if self.feature_major:  # y^T = W^T x^T
-      y = dot_general(kernel, x, (((0,), (0,)), ((), ())))
+      op = lambda a, w: dot_general(w, a, (((0,), (0,)), ((), ())))  # noqa: E731
     else:
-      y = dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-    y = scale(y, p.forward_multiplier(self.role, fan_in, self.features))
+      op = lambda a, w: dot_general(a, w, (((a.ndim - 1,), (0,)), ((), ())))  # noqa: E731
+    batch = x.size // fan_in
+    y = scaled_op(x, kernel, op, *p.op_scales(self.role, fan_in, self.features, batch))
     if self.use_bias:
       bias = make_param(self, "bias", (self.features,), names=self.kernel_axes[-1:], role=BIAS,
                         fan_in=1, fan_out=self.features, parametrization=p)
-      bias = scale(bias.astype(self.dtype), p.forward_multiplier(BIAS, 1, self.features))
+      bias = scale_param(bias.astype(self.dtype), p.op_scales(BIAS, 1, self.features, batch))
       y = y + (bias.reshape((-1,) + (1,) * (y.ndim - 1)) if self.feature_major else bias)
     return y
 
@@ -167,14 +184,15 @@ class Conv(nn.Module):
     kernel = make_param(self, "kernel", (kh, kw, c_in, self.features), names=self.kernel_axes,
                         role=self.role, fan_in=fan_in, fan_out=self.features, parametrization=p)
     conv = self.quant.conv_general_dilated(module_path(self))
-    y = conv(x_BHWC.astype(self.dtype), kernel.astype(self.dtype),
-             window_strides=_pair(self.strides), padding=self.padding,
-             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y = scale(y, p.forward_multiplier(self.role, fan_in, self.features))
+    op = functools.partial(conv, window_strides=_pair(self.strides), padding=self.padding,
+                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x_BHWC, kernel = x_BHWC.astype(self.dtype), kernel.astype(self.dtype)
+    batch = math.prod(jax.eval_shape(op, x_BHWC, kernel).shape[:-1])  # output positions
+    y = scaled_op(x_BHWC, kernel, op, *p.op_scales(self.role, fan_in, self.features, batch))
     if self.use_bias:
       bias = make_param(self, "bias", (self.features,), names=self.kernel_axes[-1:], role=BIAS,
                         fan_in=1, fan_out=self.features, parametrization=p)
-      y = y + scale(bias.astype(self.dtype), p.forward_multiplier(BIAS, 1, self.features))
+      y = y + scale_param(bias.astype(self.dtype), p.op_scales(BIAS, 1, self.features, batch))
     return y
 
 
@@ -196,17 +214,20 @@ class Embed(nn.Module):
         parametrization=self.parametrization)
 
   def __call__(self, ids: jax.Array) -> jax.Array:
-    x = jnp.take(self.embedding.astype(self.dtype), ids, axis=0)
-    return scale(x, self.parametrization.forward_multiplier(
-        self.role, self.num_embeddings, self.features))
+    s = self.parametrization.lookup_scales(self.num_embeddings, self.features, ids.size)
+    if s.out == s.grad_param:
+      x = jnp.take(self.embedding.astype(self.dtype), ids, axis=0)
+      return scale(x, s.out)
+    table = scale_bwd(self.embedding.astype(self.dtype), s.grad_param)
+    return scale_fwd(jnp.take(table, ids, axis=0), s.out)
 
   def attend(self, x: jax.Array) -> jax.Array:
     """Logits x @ table.T, scaled as a READOUT with fan_in = features."""
     dot_general = self.quant.dot_general(module_path(self))
-    y = dot_general(x.astype(self.dtype), self.embedding.astype(self.dtype),
-                    (((x.ndim - 1,), (1,)), ((), ())))
-    return scale(y, self.parametrization.forward_multiplier(
-        READOUT, self.features, self.num_embeddings))
+    op = lambda a, w: dot_general(a, w, (((a.ndim - 1,), (1,)), ((), ())))  # noqa: E731
+    s = self.parametrization.op_scales(READOUT, self.features, self.num_embeddings,
+                                       x.size // self.features)
+    return scaled_op(x.astype(self.dtype), self.embedding.astype(self.dtype), op, *s)
 
 
 class PositionEmbedding(nn.Module):
@@ -219,14 +240,16 @@ class PositionEmbedding(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, length: int) -> jax.Array:
+  def __call__(self, length: int, batch: int = 1) -> jax.Array:
+    """The first `length` rows; `batch` = how many sequences they are added to (for u-muP's
+    gradient scale)."""
     if length > self.max_len:
       raise ValueError(f"sequence length {length} > max_len {self.max_len}")
     table = make_param(self, "embedding", (self.max_len, self.features),
                        names=("position", "embed"), role=INPUT, fan_in=self.max_len,
                        fan_out=self.features, parametrization=self.parametrization)
-    x = table[:length].astype(self.dtype)
-    return scale(x, self.parametrization.forward_multiplier(INPUT, self.max_len, self.features))
+    s = self.parametrization.lookup_scales(self.max_len, self.features, batch * self.max_len)
+    return scale_param(table[:length].astype(self.dtype), s)
 
 
 class _Norm(nn.Module):
@@ -240,14 +263,15 @@ class _Norm(nn.Module):
 
   def _affine(self, y: jax.Array) -> jax.Array:
     p, d = self.parametrization, y.shape[-1]
+    batch = y.size // d
     if self.use_scale:
       gain = make_param(self, "scale", (d,), names=(self.axis_name,), role=NORM, fan_in=d,
                         fan_out=d, parametrization=p)
-      y = y * scale(gain, p.forward_multiplier(NORM, d, d))
+      y = y * scale_param(gain, p.op_scales(NORM, d, d, batch))
     if self.use_bias:
       bias = make_param(self, "bias", (d,), names=(self.axis_name,), role=BIAS, fan_in=1,
                         fan_out=d, parametrization=p)
-      y = y + scale(bias, p.forward_multiplier(BIAS, 1, d))
+      y = y + scale_param(bias, p.op_scales(BIAS, 1, d, batch))
     return y.astype(self.dtype)
 
 
@@ -337,9 +361,14 @@ class Attention(nn.Module):
       positions = jnp.arange(L) if positions is None else positions
       q_BLHD = apply_rope(q_BLHD, positions, self.rope_base)
       k_BLKD = apply_rope(k_BLKD, positions, self.rope_base)
+    io_scale = self.parametrization.attention_output_scale(L, Dh, self.causal)
+    if io_scale != 1.0:  # u-muP: unit-scaled attention output, q/k/v cotangents to match
+      q_BLHD, k_BLKD, v_BLKD = (scale_bwd(t, io_scale) for t in (q_BLHD, k_BLKD, v_BLKD))
     out_BLHD = dot_product_attention(q_BLHD, k_BLKD, v_BLKD,
                                      scale=self.parametrization.attention_scale(Dh),
                                      causal=self.causal, mask=mask)
+    if io_scale != 1.0:
+      out_BLHD = scale_fwd(out_BLHD, io_scale)
     return Dense(D, role=HIDDEN, use_bias=self.use_bias, kernel_axes=("heads", "embed"),
                  name="out", **kw)(out_BLHD.reshape(B, L, H * Dh))
 
@@ -367,7 +396,7 @@ class FeedForward(nn.Module):
     d = x.shape[-1]
     xT = x.reshape(-1, d).T
     hT = Dense(self.hidden, kernel_axes=("embed", "mlp"), name="up", **kw)(xT)
-    hT = activation(self.activation)(hT)
+    hT = apply_activation(self.activation, hT, self.parametrization)
     yT = Dense(d, kernel_axes=("mlp", "embed"), name="down", **kw)(hT)
     return yT.T.reshape(x.shape[:-1] + (d,))
 

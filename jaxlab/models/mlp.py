@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlab.models.layers import Dense, Readout, activation
+from jaxlab.models.layers import Dense, Readout, apply_activation
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.param.roles import HIDDEN, INPUT
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
@@ -32,10 +32,10 @@ class MLP(nn.Module):
     del train
     kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype,
               use_bias=self.use_bias)
-    act = activation(self.activation)
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.hidden_widths):
       role, axes = (INPUT, ("input", "mlp")) if i == 0 else (HIDDEN, ("embed", "mlp"))
-      x = act(Dense(width, role=role, kernel_axes=axes, name=f"dense_{i}", **kw)(x))
+      x = Dense(width, role=role, kernel_axes=axes, name=f"dense_{i}", **kw)(x)
+      x = apply_activation(self.activation, x, self.parametrization)
     in_axis = "embed" if self.hidden_widths else "input"
     return Readout(self.num_classes, kernel_axes=(in_axis, "classes"), name="readout", **kw)(x)

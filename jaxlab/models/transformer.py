@@ -1,8 +1,9 @@
 """Pre-LN transformer block and decoder-only language model (GPT-2 style; Radford et al. 2019).
 
-Block: x + r * attn(norm(x)); x + r * mlp(norm(x)) with r = parametrization.residual_multiplier
-(num_layers) (1 for SP; 1/sqrt(L)-type for depth-muP, Yang et al. 2023). Layers are unrolled and
-named block_0..block_{L-1} so per-layer statistics are per block.
+Block: x + r * attn(norm(x)); x + r * mlp(norm(x)), each residual update delegated to
+parametrization.residual (r = residual_multiplier(num_layers): 1 for SP, (L/L_base)^-alpha for
+depth-muP, Yang et al. 2023; u-muP's weighted add). Layers are unrolled and named
+block_0..block_{L-1} so per-layer statistics are per block.
 """
 
 from typing import Any
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.models.layers import (Attention, Embed, FeedForward, PositionEmbedding, Readout,
-                                  norm_class, scale)
+                                  norm_class)
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 
@@ -24,6 +25,7 @@ class Block(nn.Module):
 
   num_heads: int
   num_layers: int  # depth of the whole stack, for the residual multiplier
+  layer: int = 0  # this block's index in the stack
   mlp_ratio: int = 4
   causal: bool = True
   rope: bool = False
@@ -39,15 +41,21 @@ class Block(nn.Module):
   def __call__(self, x_BLD: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
     Norm = norm_class(self.norm)
-    r = self.parametrization.residual_multiplier(self.num_layers)
-    h = Norm(use_bias=self.use_bias, name="attn_norm", **kw)(x_BLD)
-    h = Attention(self.num_heads, num_kv_heads=self.num_kv_heads, causal=self.causal,
-                  rope=self.rope, use_bias=self.use_bias, name="attn", **kw)(h, mask=mask)
-    x_BLD = x_BLD + scale(h, r)
-    h = Norm(use_bias=self.use_bias, name="mlp_norm", **kw)(x_BLD)
-    h = FeedForward(self.mlp_ratio * x_BLD.shape[-1], activation=self.activation,
-                    use_bias=self.use_bias, name="mlp", **kw)(h)
-    return x_BLD + scale(h, r)
+    p = self.parametrization
+    where = dict(layer=self.layer, num_layers=self.num_layers, branches_per_layer=2)
+
+    def attn(x):
+      h = Norm(use_bias=self.use_bias, name="attn_norm", **kw)(x)
+      return Attention(self.num_heads, num_kv_heads=self.num_kv_heads, causal=self.causal,
+                       rope=self.rope, use_bias=self.use_bias, name="attn", **kw)(h, mask=mask)
+
+    def mlp(x):
+      h = Norm(use_bias=self.use_bias, name="mlp_norm", **kw)(x)
+      return FeedForward(self.mlp_ratio * x.shape[-1], activation=self.activation,
+                         use_bias=self.use_bias, name="mlp", **kw)(h)
+
+    x_BLD = p.residual(x_BLD, attn, branch_index=0, **where)
+    return p.residual(x_BLD, mlp, branch_index=1, **where)
 
 
 class TransformerLM(nn.Module):
@@ -85,10 +93,11 @@ class TransformerLM(nn.Module):
     embed = Embed(self.vocab_size, self.d_model, name="embed", **kw)
     x_BLD = embed(tokens_BL)
     if self.positional == "learned":
-      x_BLD = x_BLD + PositionEmbedding(self.max_len, self.d_model, name="pos_embed", **kw)(L)
+      x_BLD = x_BLD + PositionEmbedding(self.max_len, self.d_model, name="pos_embed",
+                                        **kw)(L, batch=tokens_BL.shape[0])
     for i in range(self.num_layers):
-      x_BLD = Block(self.num_heads, self.num_layers, mlp_ratio=self.mlp_ratio, causal=True,
-                    rope=self.positional == "rope", num_kv_heads=self.num_kv_heads,
+      x_BLD = Block(self.num_heads, self.num_layers, layer=i, mlp_ratio=self.mlp_ratio,
+                    causal=True, rope=self.positional == "rope", num_kv_heads=self.num_kv_heads,
                     norm=self.norm, activation=self.activation, use_bias=self.use_bias,
                     name=f"block_{i}", **kw)(x_BLD)
     x_BLD = norm_class(self.norm)(use_bias=self.use_bias, name="final_norm", **kw)(x_BLD)

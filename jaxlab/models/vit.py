@@ -55,9 +55,9 @@ class ViT(nn.Module):
       cls_B1D = jnp.broadcast_to(cls_D.astype(x_BND.dtype), (B, 1, D))
       x_BND = jnp.concatenate([cls_B1D, x_BND], axis=1)
     N = x_BND.shape[1]
-    x_BND = x_BND + PositionEmbedding(N, D, name="pos_embed", **kw)(N)
+    x_BND = x_BND + PositionEmbedding(N, D, name="pos_embed", **kw)(N, batch=B)
     for i in range(self.depth):
-      x_BND = Block(self.num_heads, self.depth, mlp_ratio=self.mlp_ratio, causal=False,
+      x_BND = Block(self.num_heads, self.depth, layer=i, mlp_ratio=self.mlp_ratio, causal=False,
                     activation="gelu", use_bias=True, name=f"block_{i}", **kw)(x_BND)
     x_BND = LayerNorm(name="final_norm", **kw)(x_BND)
     x_BD = x_BND[:, 0] if self.pool == "cls" else jnp.mean(x_BND, axis=1)

@@ -35,8 +35,10 @@ def make_schedule(cfg: Any, num_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
-def make_optimizer(cfg: Any, num_steps: int) -> optax.GradientTransformation:
-  """optax chain: [clip_by_global_norm] -> optimizer(schedule)."""
+def make_optimizer(cfg: Any, num_steps: int, before: optax.GradientTransformation | None = None
+                   ) -> optax.GradientTransformation:
+  """optax chain: [clip_by_global_norm] -> [before] -> optimizer(schedule); `before` sees the
+  clipped gradients (e.g. jaxlab.optim.scale_adam_eps_by_parametrization)."""
   lr = make_schedule(cfg, num_steps)
   if cfg.name == "adamw":
     opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
@@ -50,6 +52,6 @@ def make_optimizer(cfg: Any, num_steps: int) -> optax.GradientTransformation:
     opt = optax.lion(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
   else:
     raise ValueError(f"config.optim.name={cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
-  if cfg.get("grad_clip", 0.0):
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
-  return opt
+  parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.get("grad_clip", 0.0) else []
+  parts += [before] if before is not None else []
+  return optax.chain(*parts, opt) if parts else opt

@@ -14,6 +14,7 @@ from jaxlab.param.base import Parametrization
 from jaxlab.param.meta import ParamInfo
 
 FAMILIES = {"adamw": "adam", "adam": "adam", "adam_atan2": "adam", "lion": "adam", "sgd": "sgd"}
+WITH_EPSILON = ("adamw", "adam")  # optimizers whose update has an epsilon to rescale
 
 
 def optimizer_family(name: str) -> str:
@@ -37,5 +38,23 @@ def scale_by_parametrization(p: Parametrization, info: Any,
   def update(updates, state, params=None):
     del params
     return jax.tree.map(lambda u, s: u if s == 1.0 else u * s, updates, scales), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def scale_adam_eps_by_parametrization(p: Parametrization,
+                                      info: Any) -> optax.GradientTransformation | None:
+  """Per-parameter Adam epsilon, eps_i = eps * p.adam_eps_scale(role, fans), as a stateless
+  transform placed right before Adam: Adam is invariant to rescaling a parameter's gradient
+  except through epsilon, so dividing the gradient by s gives exactly
+  m_hat / (sqrt(v_hat) + eps * s). None when every scale is 1."""
+  scales = jax.tree.map(lambda i: p.adam_eps_scale(i.role, i.fan_in, i.fan_out), info,
+                        is_leaf=lambda x: isinstance(x, ParamInfo))
+  if all(s == 1.0 for s in jax.tree.leaves(scales)):
+    return None
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda g, s: g if s == 1.0 else g / s, updates, scales), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

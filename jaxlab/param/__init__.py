@@ -1,5 +1,7 @@
-"""Parametrizations (SP now; NTK, muP, depth-muP, u-muP in the parametrization issue)."""
+"""Parametrizations: SP, NTK, per-layer SP (Everett et al.), muP, depth-muP/CompleteP, u-muP."""
 
 from jaxlab.param import roles
-from jaxlab.param.base import SP, DepthMuP, MuP, Parametrization, get
+from jaxlab.param.base import NTK, SP, DepthMuP, MuP, OpScales, Parametrization, PerLayerSP
 from jaxlab.param.meta import ParamInfo, ParamMeta, param_info, unbox
+from jaxlab.param.registry import NAMES, get
+from jaxlab.param.umup import UMuP

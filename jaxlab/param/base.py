@@ -7,10 +7,23 @@ weight-decay and Adam-epsilon scales. Layers consult it at init/apply time; the 
 """
 
 import dataclasses
-import functools
 import math
+from typing import Callable, NamedTuple
+
+import jax
 
 from jaxlab.param import roles
+
+
+class OpScales(NamedTuple):
+  """Scales a layer applies around one weight op y = op(x, W) (unit scaling's scale_fwd /
+  scale_bwd split): `out` multiplies y in the forward pass only, `grad_in` multiplies the
+  cotangent reaching x, `grad_param` the cotangent reaching W. When all three are equal the op
+  is the ordinary y = out * op(x, W) and autodiff gives the true gradient."""
+
+  out: float
+  grad_in: float
+  grad_param: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +89,92 @@ class Parametrization:
     return 1.0
 
   def adam_eps_scale(self, role: str, fan_in: int, fan_out: int) -> float:
+    """Multiplier of Adam's epsilon for this parameter (applied by
+    jaxlab.optim.scale_adam_eps_by_parametrization)."""
     roles.check(role)
     return 1.0
 
+  # --- hooks for parametrizations that move scale into the ops (u-muP); SP-family defaults ---
+
+  def op_scales(self, role: str, fan_in: int, fan_out: int, batch: int) -> OpScales:
+    """Forward / backward scales around the weight op of a parameter of this role; `batch` is
+    the number of rows the op reduces over in the weight gradient."""
+    m = self.forward_multiplier(role, fan_in, fan_out)
+    return OpScales(m, m, m)
+
+  def lookup_scales(self, num_rows: int, features: int, lookups: int) -> OpScales:
+    """Scales around a table lookup (embeddings, learned positions): `num_rows` rows of width
+    `features` read `lookups` times in total; `grad_in` is unused (ids have no gradient)."""
+    m = self.forward_multiplier(roles.INPUT, num_rows, features)
+    return OpScales(m, m, m)
+
+  def activation_scale(self, f: Callable[[jax.Array], jax.Array]) -> float:
+    """Constant multiplying an elementwise nonlinearity's output (and so its input gradient)."""
+    return 1.0
+
+  def attention_output_scale(self, seq_len: int, head_dim: int, causal: bool) -> float:
+    """Scale applied to the attention output in the forward pass and to the q/k/v cotangents
+    in the backward pass (1 = plain attention)."""
+    return 1.0
+
+  def residual(self, x: jax.Array, branch: Callable[[jax.Array], jax.Array], *, layer: int,
+               num_layers: int, branch_index: int = 0, branches_per_layer: int = 1) -> jax.Array:
+    """The residual update of one branch (a block has one per sublayer): x + r * branch(x) with
+    r = residual_multiplier(num_layers). u-muP replaces it with a weighted add."""
+    del layer, branch_index, branches_per_layer
+    h = branch(x)
+    r = self.residual_multiplier(num_layers)
+    return x + (h if r == 1.0 else h * r)
+
 
 SP = Parametrization
+
+
+@dataclasses.dataclass(frozen=True)
+class NTK(Parametrization):
+  """Neural-tangent parametrization (Jacot et al. 2018; Everett et al. 2024, Table 1: a = 1/2,
+  b = 0 for hidden and readout weights) relative to the base width: weights whose fan-in grows
+  with width (hidden, readout) keep their base-width init std sqrt(m) / sqrt(fan_in) and are
+  multiplied by 1/sqrt(m) in the forward pass, so the function at init is SP's while a global
+  learning rate moves them ~1/sqrt(m) (Adam) or ~1/m (SGD) less than SP does. Input weights,
+  biases and gains are SP. All optimizer scales are 1 (one global LR, as in NTK training).
+  """
+
+  name: str = "ntk"
+
+  def _grows(self, role: str) -> bool:
+    return roles.check(role) in (roles.HIDDEN, roles.READOUT)
+
+  def init_std(self, role: str, fan_in: int, fan_out: int) -> float:
+    std = super().init_std(role, fan_in, fan_out)
+    return std * math.sqrt(self.width_mult) if self._grows(role) else std
+
+  def forward_multiplier(self, role: str, fan_in: int, fan_out: int) -> float:
+    return 1.0 / math.sqrt(self.width_mult) if self._grows(role) else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PerLayerSP(Parametrization):
+  """SP init and forward with per-layer learning-rate exponents (Everett et al. 2024, "Scaling
+  Exponents Across Parameterizations and Optimizers", SP + Adam under full alignment): Adam LR
+  x 1 for input weights, biases and gains and x 1/m for hidden and readout weights; Adam
+  epsilon scaled like each parameter's gradient at init (x 1/sqrt(m) for everything upstream of
+  the readout, whose init std is 1/sqrt(width); x 1 for the readout), so that epsilon does not
+  swamp the shrinking gradients of wide models (their Section 5). Adam family only.
+  """
+
+  name: str = "sp_perlayer"
+
+  def lr_scale(self, role: str, fan_in: int, fan_out: int, family: str = "adam") -> float:
+    roles.check(role)
+    if family != "adam":
+      raise ValueError(f"parametrization 'sp_perlayer' prescribes Adam-family learning rates "
+                       f"only (got optimizer family {family!r}); use 'sp' or 'mup' with SGD")
+    return 1.0 / self.width_mult if role in (roles.HIDDEN, roles.READOUT) else 1.0
+
+  def adam_eps_scale(self, role: str, fan_in: int, fan_out: int) -> float:
+    roles.check(role)
+    return 1.0 if role == roles.READOUT else 1.0 / math.sqrt(self.width_mult)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +225,11 @@ class DepthMuP(MuP):
   (L / L_base)^-alpha and hidden (matrix-like) Adam learning rates by (L / L_base)^(alpha - 1),
   alpha = 1/2 (Bordelon et al. 2023, "Depthwise Hyperparameter Transfer in Residual Networks";
   Yang et al. 2023) or alpha = 1 ("CompleteP"). L = number of residual blocks. At L = L_base and
-  m = 1 it is SP exactly. (The matching Adam-epsilon rule, eps x m^-1 (L/L_base)^-alpha, needs a
-  per-parameter epsilon inside Adam and is not applied yet.)
+  m = 1 it is SP exactly.
+
+  Adam epsilon follows the gradient scale: x 1/m for every parameter (the readout multiplier
+  1/m scales the whole backward pass) and a further x (L/L_base)^-alpha for hidden weights,
+  which sit inside the residual branches (CompleteP, Dey et al. 2025, Table 1).
   """
 
   name: str = "depth_mup"
@@ -149,21 +246,7 @@ class DepthMuP(MuP):
       scale *= self.depth_mult ** (self.alpha - 1.0)
     return scale
 
-
-_REGISTRY = {"sp": SP, "mup": MuP, "depth_mup": DepthMuP,
-             "completep": functools.partial(DepthMuP, name="completep", alpha=1.0)}
-
-
-def get(name: str, **kwargs) -> Parametrization:
-  """`jaxlab.param.get("mup", base_width=64)`, `get("depth_mup", base_width=64, base_depth=2)`;
-  NTK and u-muP are still to come."""
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown parametrization {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
-  cls = _REGISTRY[name]
-  fields = dataclasses.fields(cls.func if isinstance(cls, functools.partial) else cls)
-  valid = {f.name for f in fields} - {"name", "width", "depth"}
-  unknown = set(kwargs) - valid
-  if unknown:
-    raise ValueError(f"parametrization {name!r} has no option(s) {sorted(unknown)}; "
-                     f"valid: {sorted(valid)}")
-  return cls(**kwargs)
+  def adam_eps_scale(self, role: str, fan_in: int, fan_out: int) -> float:
+    roles.check(role)
+    scale = 1.0 / self.width_mult
+    return scale * self.depth_mult ** -self.alpha if role == roles.HIDDEN else scale

@@ -40,10 +40,14 @@ def param_info_of(model: nn.Module, example: jax.Array) -> Any:
 
 def make_tx(config: ml_collections.ConfigDict, model: nn.Module,
             info: Any) -> optax.GradientTransformation:
-  """config.optim's optimizer followed by the model's parametrization's per-parameter LR scales."""
+  """config.optim's optimizer followed by the model's parametrization's per-parameter LR scales
+  (and, for Adam, its per-parameter epsilon scales)."""
   family = optim.optimizer_family(config.optim.name)
-  return optax.chain(optim.make_optimizer(config.optim, config.num_steps),
-                     optim.scale_by_parametrization(model.parametrization, info, family))
+  p = model.parametrization
+  eps = (optim.scale_adam_eps_by_parametrization(p, info)
+         if config.optim.name in optim.WITH_EPSILON else None)
+  return optax.chain(optim.make_optimizer(config.optim, config.num_steps, before=eps),
+                     optim.scale_by_parametrization(p, info, family))
 
 
 def dummy_input(spec: Any, seq_len: int = 0) -> jax.Array:

@@ -223,7 +223,7 @@ def test_quant_policy_sees_module_path():
   seen = []
 
   class Spy(QuantPolicy):
-    def dot_general(self, module_path):
+    def dot_general(self, module_path, weight_operand="rhs"):
       seen.append(module_path)
       return super().dot_general(module_path)
 

@@ -121,3 +121,73 @@ def test_depth_mup_lm_at_base_equals_sp_and_scales_branches_when_deeper():
   np.testing.assert_array_equal(outs["sp"], outs["depth_mup"])
   c.model.num_layers = 8
   assert build_model(c, spec).parametrization.residual_multiplier(8) == 0.5
+
+
+def test_ntk_table_and_sp_at_base_width():
+  """NTK relative to the base: hidden/readout keep their base init std (x sqrt(m)) and are
+  multiplied by 1/sqrt(m), so W_eff = mult * W has SP's 1/sqrt(fan_in) std; one global LR."""
+  p = param.get("ntk", base_width=64).resolve(256)
+  sp = param.SP()
+  for role in roles.ALL:
+    fi, fo = FANS[role]
+    grows = role in (roles.HIDDEN, roles.READOUT)
+    mult, std = p.forward_multiplier(role, fi, fo), p.init_std(role, fi, fo)
+    assert mult == (0.5 if grows else 1.0)
+    assert std == pytest.approx(sp.init_std(role, fi, fo) * (2.0 if grows else 1.0))
+    assert mult * std == pytest.approx(sp.init_std(role, fi, fo))  # same function at init
+    for family in ("adam", "sgd"):
+      assert p.lr_scale(role, fi, fo, family) == 1.0
+  base = param.get("ntk", base_width=64).resolve(64)
+  for role in roles.ALL:
+    fi, fo = FANS[role]
+    assert base.forward_multiplier(role, fi, fo) == 1.0
+    assert base.init_std(role, fi, fo) == sp.init_std(role, fi, fo)
+
+
+def test_per_layer_sp_table():
+  """Everett et al. 2024, SP + Adam (full alignment): LR x1 input, x1/m hidden and readout;
+  epsilon x1/sqrt(m) upstream of the readout."""
+  p = param.get("sp_perlayer", base_width=64).resolve(256)
+  expected = {roles.INPUT: (1.0, 0.5), roles.HIDDEN: (0.25, 0.5), roles.READOUT: (0.25, 1.0),
+              roles.BIAS: (1.0, 0.5), roles.NORM: (1.0, 0.5)}
+  for role, (lr, eps) in expected.items():
+    fi, fo = FANS[role]
+    assert (p.lr_scale(role, fi, fo, "adam"), p.adam_eps_scale(role, fi, fo)) == (lr, eps)
+    assert p.init_std(role, fi, fo) == param.SP().init_std(role, fi, fo)
+  with pytest.raises(ValueError, match="Adam-family"):
+    p.lr_scale(roles.HIDDEN, 256, 256, "sgd")
+
+
+def test_depth_mup_epsilon_rule():
+  p = param.get("depth_mup", base_width=64, base_depth=2).resolve(256, 8)
+  assert p.adam_eps_scale(roles.HIDDEN, 256, 1024) == pytest.approx(0.25 * 4.0 ** -0.5)
+  assert p.adam_eps_scale(roles.INPUT, 784, 256) == pytest.approx(0.25)
+
+
+def test_adam_eps_scaling_equals_adam_with_a_per_parameter_epsilon():
+  """chain(scale_adam_eps_by_parametrization, adam(eps)) == plain-jnp Adam with eps * s_i."""
+  import optax
+  p = param.get("depth_mup", base_width=16, base_depth=1).resolve(64, 4)
+  model = models.MLP(hidden_widths=(64, 64), num_classes=10, parametrization=p)
+  info = param_info_of(model, np.zeros((1, 8, 8, 1), np.float32))
+  eps, lr, b1, b2 = 1e-3, 1e-2, 0.9, 0.999  # a large eps so that it matters
+  tx = optax.chain(optim.scale_adam_eps_by_parametrization(p, info),
+                   optax.adam(lr, b1=b1, b2=b2, eps=eps))
+  params = param.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))["params"])
+  state = tx.init(params)
+  is_info = lambda x: isinstance(x, param.ParamInfo)  # noqa: E731
+  ref_m = jax.tree.map(jnp.zeros_like, params)
+  ref_v = jax.tree.map(jnp.zeros_like, params)
+  for t in range(1, 4):
+    grads = jax.tree.map(lambda x: 1e-3 * jax.random.normal(jax.random.PRNGKey(t), x.shape),
+                         params)
+    updates, state = tx.update(grads, state, params)
+    ref_m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, ref_m, grads)
+    ref_v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, ref_v, grads)
+    ref = jax.tree.map(
+        lambda m, v, i: -lr * (m / (1 - b1**t)) / (
+            jnp.sqrt(v / (1 - b2**t)) + eps * p.adam_eps_scale(i.role, i.fan_in, i.fan_out)),
+        ref_m, ref_v, info, is_leaf=lambda x: is_info(x) or isinstance(x, jax.Array))
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref)):
+      np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9)
+  assert optim.scale_adam_eps_by_parametrization(param.SP(), info) is None
