@@ -1,3 +1,17 @@
-"""Quantization policies (no quantization for now)."""
+"""Quantization: fake quantizers with custom VJPs (`quantizers`, `fp8`), per-op formats and the
+quantized dot_general / conv (`config`), and module-path policies that layers obey (`policy`)."""
 
-from jaxlab.quant.policy import NO_QUANT, QuantPolicy, get
+from jaxlab.quant import fp8, quantizers
+from jaxlab.quant.config import (BinaryFormat, FP8Format, IntFormat, LSQFormat, QuantConfig,
+                                 TernaryFormat, quantize_operand, quantized_conv_general_dilated,
+                                 quantized_dot_general)
+from jaxlab.quant.policy import FLOAT_LAYERS, NO_QUANT, QuantPolicy, get, names
+from jaxlab.quant.quantizers import (binary_fake_quant, int_fake_quant, lsq_fake_quant,
+                                     ternary_fake_quant)
+
+__all__ = [
+    "BinaryFormat", "FLOAT_LAYERS", "FP8Format", "IntFormat", "LSQFormat", "NO_QUANT",
+    "QuantConfig", "QuantPolicy", "TernaryFormat", "binary_fake_quant", "fp8", "get",
+    "int_fake_quant", "lsq_fake_quant", "names", "quantize_operand",
+    "quantized_conv_general_dilated", "quantized_dot_general", "quantizers",
+    "ternary_fake_quant"]

@@ -1,8 +1,24 @@
 """Quantization policy: ordered `(module-path regex -> QuantConfig)` rules, as in Qwix.
 
 Layers ask the policy for the `dot_general` / `conv_general_dilated` to use at their module
-path; with no matching rule they get the plain `jax.lax` op. Only "no quantization" exists
-until the quantization issue adds QuantConfigs.
+path ('dense_1', 'block_0/attn/qkv', 'readout', ...; see `jaxlab.models.layers.module_path`).
+The first rule whose regex matches the whole path decides: its QuantConfig gives the quantized
+op (`jaxlab.quant.config`); a rule mapping to None, or no matching rule, gives the plain
+`jax.lax` op, so an unquantized model traces exactly as before.
+
+Named policies (`get(name)`):
+  fp32, none  no rules;
+  int8        int8 symmetric weights (per output channel) and activations (per token);
+  int4_w      int4 symmetric per-channel weights, float activations;
+  w4a8        int4 per-channel weights, int8 per-token activations;
+  binary_w    XNOR-Net weights (sign * mean|W| per output channel), float activations;
+  fp8         e4m3 weights and activations, e5m2 output gradients, per-tensor current scaling,
+              on every layer (first and readout included).
+The integer and binary policies keep the first layer and the readout in float (the usual QAT
+practice since XNOR-Net and DoReFa): their first rule, FLOAT_LAYERS -> None, matches the layers
+that read the data (MLP 'dense_0', ResNet 'stem', ViT 'patch_embed', LM 'embed', whose `attend`
+is also the tied readout) and 'readout'. Names are those of the top-level models in
+`jaxlab.models`.
 """
 
 import dataclasses
@@ -11,11 +27,32 @@ from typing import Any, Callable
 
 import jax
 
+from jaxlab.quant.config import (BinaryFormat, FP8Format, IntFormat, QuantConfig,
+                                 quantized_conv_general_dilated, quantized_dot_general)
+
+FLOAT_LAYERS = r"dense_0|stem|patch_embed|embed|readout"
+
 
 @dataclasses.dataclass(frozen=True)
 class QuantPolicy:
+  """rules: ((regex, QuantConfig | None), ...), first full match wins; name: for logs."""
+
   rules: tuple[tuple[str, Any], ...] = ()
   name: str = "fp32"
+
+  def __post_init__(self):
+    for rule in self.rules:
+      if not (isinstance(rule, tuple) and len(rule) == 2):
+        raise ValueError(f"policy {self.name!r}: a rule is a (regex, QuantConfig | None) pair, "
+                         f"got {rule!r}")
+      pattern, config = rule
+      try:
+        re.compile(pattern)
+      except (re.error, TypeError) as e:
+        raise ValueError(f"policy {self.name!r}: bad module-path regex {pattern!r}: {e}") from e
+      if config is not None and not isinstance(config, QuantConfig):
+        raise ValueError(f"policy {self.name!r}: rule {pattern!r} maps to {config!r}; valid: a "
+                         "QuantConfig or None (keep in float)")
 
   def config_for(self, module_path: str) -> Any | None:
     for pattern, config in self.rules:
@@ -23,23 +60,53 @@ class QuantPolicy:
         return config
     return None
 
-  def dot_general(self, module_path: str) -> Callable:
-    if self.config_for(module_path) is not None:
-      raise NotImplementedError("quantized dot_general arrives with the quantization issue")
-    return jax.lax.dot_general
+  def dot_general(self, module_path: str, *, weight_operand: str = "rhs") -> Callable:
+    """jax.lax.dot_general, or the quantized one if a rule with a config matches the path.
+    weight_operand='lhs' for layers that compute W^T x (feature-major Dense)."""
+    config = self.config_for(module_path)
+    if config is None:
+      return jax.lax.dot_general
+    return quantized_dot_general(config, weight_operand=weight_operand)
 
   def conv_general_dilated(self, module_path: str) -> Callable:
-    if self.config_for(module_path) is not None:
-      raise NotImplementedError("quantized convolution arrives with the quantization issue")
-    return jax.lax.conv_general_dilated
+    """jax.lax.conv_general_dilated, or the quantized one (lhs = input, rhs = kernel)."""
+    config = self.config_for(module_path)
+    if config is None:
+      return jax.lax.conv_general_dilated
+    return quantized_conv_general_dilated(config)
 
+
+def _integer_policy(name: str, config: QuantConfig) -> QuantPolicy:
+  """First layer and readout in float, every other layer with `config`."""
+  return QuantPolicy(rules=((FLOAT_LAYERS, None), (r".*", config)), name=name)
+
+
+_INT8_W = IntFormat(bits=8, granularity="per_channel")
+_INT8_A = IntFormat(bits=8, granularity="per_token")
+_INT4_W = IntFormat(bits=4, granularity="per_channel")
 
 NO_QUANT = QuantPolicy()
 
-_REGISTRY = {"fp32": NO_QUANT, "none": NO_QUANT}
+_REGISTRY = {
+    "fp32": NO_QUANT,
+    "none": NO_QUANT,
+    "int8": _integer_policy("int8", QuantConfig(weight=_INT8_W, activation=_INT8_A)),
+    "int4_w": _integer_policy("int4_w", QuantConfig(weight=_INT4_W)),
+    "w4a8": _integer_policy("w4a8", QuantConfig(weight=_INT4_W, activation=_INT8_A)),
+    "binary_w": _integer_policy("binary_w", QuantConfig(weight=BinaryFormat(scaled=True))),
+    "fp8": QuantPolicy(rules=((r".*", QuantConfig(weight=FP8Format("e4m3"),
+                                                  activation=FP8Format("e4m3"),
+                                                  gradient=FP8Format("e5m2"))),), name="fp8"),
+}
+
+
+def names() -> tuple[str, ...]:
+  """The registered policy names."""
+  return tuple(sorted(_REGISTRY))
 
 
 def get(name: str) -> QuantPolicy:
+  """The named policy; ValueError listing the valid names for an unknown one."""
   if name not in _REGISTRY:
-    raise ValueError(f"unknown quantization policy {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
+    raise ValueError(f"unknown quantization policy {name!r}; valid: {', '.join(names())}")
   return _REGISTRY[name]
