@@ -1,14 +1,20 @@
-r"""Learning-rate transfer across width: a widths x learning-rates grid, every LR (and seed) of a
-width trained in one compiled program (jaxlab.analysis.lr_sweep: vmap over LR and seed).
+r"""Learning-rate transfer across width or depth: a sizes x learning-rates grid, every LR (and
+seed) of a size trained in one compiled program (jaxlab.analysis.lr_sweep: vmap over LR and
+seed; the LR axis sharded over the devices when there are several).
 
   python -m experiments.lr_transfer --config=experiments/configs/mnist5k_mlp.py \
       --widths=128,256,512,1024 --base_width=128 --log2_lrs=-14,-3 --steps=300 --workdir=/tmp/lrt
+  python -m experiments.lr_transfer --config=experiments/configs/shakespeare_lm.py \
+      --depths=2,4,8,16 --base_depth=2 --base_width=128 --config.model.d_model=128 \
+      --parametrizations=mup,depth_mup --workdir=/tmp/lrt_depth
+
+With --depths the model keeps the config's width and the sweep runs over depth instead.
 
 Each run uses the config's optimizer and schedule shape with the peak LR swept over powers of
 two; all runs of a width see the same batches. Writes lr_transfer.json (final eval loss per
 width, LR, seed; argmin LR per width) and lr_transfer.png (eval loss vs log2 LR, one curve per
-width, one panel per parametrization), and prints the vmapped-vs-sequential speed-up measured on
-the first width.
+size, one panel per parametrization), and prints the vmapped-vs-sequential speed-up measured on
+the first size.
 """
 
 import json
@@ -26,14 +32,17 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments.width_configs import config_at  # noqa: E402
+from experiments.width_configs import config_at, config_at_depth  # noqa: E402
 from jaxlab import data  # noqa: E402
-from jaxlab.analysis.lr_sweep import make_sweep, mean_over_seeds, stack_batches  # noqa: E402
+from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep, mean_over_seeds, stack_batches  # noqa
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "an experiments/configs file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the JSON and PNG go")
 _WIDTHS = flags.DEFINE_list("widths", ["128", "256", "512", "1024"], "model widths")
+_DEPTHS = flags.DEFINE_list("depths", [], "model depths (residual blocks); if set, sweep depth "
+                            "at the config's width instead of width")
+_BASE_DEPTH = flags.DEFINE_integer("base_depth", 0, "base depth of depth-aware parametrizations")
 _PARAMS = flags.DEFINE_list("parametrizations", ["sp", "mup"], "jaxlab.param names")
 _LRS = flags.DEFINE_list("log2_lrs", ["-14", "-3"], "first,last log2 peak LR (step 1)")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "seeds per (width, LR), a second vmapped axis")
@@ -46,8 +55,12 @@ _ZERO_READOUT = flags.DEFINE_bool("zero_readout", False, "muP: zero-initialised 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def sweep_config(config, name, width) -> ml_collections.ConfigDict:
-  c = config_at(config, name, width, base_width=_BASE.value, zero_readout=_ZERO_READOUT.value)
+def sweep_config(config, name, size) -> ml_collections.ConfigDict:
+  if _DEPTHS.value:
+    c = config_at_depth(config, name, size, base_width=_BASE.value, base_depth=_BASE_DEPTH.value,
+                        zero_readout=_ZERO_READOUT.value)
+  else:
+    c = config_at(config, name, size, base_width=_BASE.value, zero_readout=_ZERO_READOUT.value)
   c.optim.learning_rate = 1.0  # the swept LR multiplies the config's schedule shape
   c.num_steps = _STEPS.value
   c.optim.warmup_steps = min(c.optim.warmup_steps, _STEPS.value // 10)
@@ -66,14 +79,18 @@ def main(argv):
   lo, hi = map(int, _LRS.value)
   lrs = np.array([2.0**k for k in range(lo, hi + 1)], np.float32)
   seeds = np.arange(_SEEDS.value, dtype=np.uint32)
+  axis = "depth" if _DEPTHS.value else "width"
+  sizes = list(map(int, _DEPTHS.value or _WIDTHS.value))
+  mesh = lr_mesh(len(lrs))
   results, timing = {}, {}
   for name in _PARAMS.value:
     results[name] = {}
-    for width in map(int, _WIDTHS.value):
+    for width in sizes:
       c = sweep_config(config, name, width)
       model = build_model(c, spec)
       unit_tx = make_tx(c, model, param_info_of(model, example))
-      run = make_sweep(model, lambda lr, t=unit_tx: optax.chain(t, optax.scale(lr)), spec.task)
+      run = make_sweep(model, lambda lr, t=unit_tx: optax.chain(t, optax.scale(lr)), spec.task,
+                       mesh=mesh)
       t0 = time.perf_counter()
       _, final = jax.block_until_ready(run(lrs, seeds, train, evals))
       elapsed = time.perf_counter() - t0
@@ -81,30 +98,31 @@ def main(argv):
       mean = mean_over_seeds(final)
       results[name][width] = {"log2_lr": list(range(lo, hi + 1)), "eval_loss": final.tolist(),
                               "best_log2_lr": lo + int(np.argmin(mean)), "seconds": elapsed}
-      print(f"{name} width {width}: best log2 LR {results[name][width]['best_log2_lr']}, "
+      print(f"{name} {axis} {width}: best log2 LR {results[name][width]['best_log2_lr']}, "
             f"eval loss {mean.min():.4f} ({elapsed:.0f} s incl. compile)")
       if _TIME.value and not timing:
         t0 = time.perf_counter()
         jax.block_until_ready(run(lrs, seeds, train, evals))
         vmapped = time.perf_counter() - t0
-        jax.block_until_ready(run(lrs[:1], seeds, train, evals))  # compile the 1-LR program
+        one = make_sweep(model, lambda lr, t=unit_tx: optax.chain(t, optax.scale(lr)), spec.task)
+        jax.block_until_ready(one(lrs[:1], seeds, train, evals))  # compile the 1-LR program
         t0 = time.perf_counter()
         for i in range(len(lrs)):
-          jax.block_until_ready(run(lrs[i:i + 1], seeds, train, evals))
+          jax.block_until_ready(one(lrs[i:i + 1], seeds, train, evals))
         sequential = time.perf_counter() - t0
-        timing = {"width": width, "num_lrs": len(lrs), "vmapped_s": vmapped,
+        timing = {axis: width, "num_lrs": len(lrs), "vmapped_s": vmapped,
                   "sequential_s": sequential, "speedup": sequential / vmapped}
         print(f"vmapped {len(lrs)} LRs: {vmapped:.1f} s; one by one: {sequential:.1f} s; "
-              f"speed-up {sequential / vmapped:.2f}x (width {width}, compile excluded)")
+              f"speed-up {sequential / vmapped:.2f}x ({axis} {width}, compile excluded)")
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "lr_transfer.json"), "w") as f:
-    json.dump({"results": results, "timing": timing, "steps": _STEPS.value,
+    json.dump({"axis": axis, "results": results, "timing": timing, "steps": _STEPS.value,
                "config": config.to_dict()}, f, indent=1, default=str)
   fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
   for ax, (name, by_width) in zip(axes[0], results.items()):
     for width, r in by_width.items():
       loss = np.nanmean(np.where(np.isfinite(r["eval_loss"]), r["eval_loss"], np.nan), axis=1)
-      ax.plot(r["log2_lr"], loss, marker="o", ms=3, label=f"width {width}")
+      ax.plot(r["log2_lr"], loss, marker="o", ms=3, label=f"{axis} {width}")
     ax.set(title=name, xlabel="log2 learning rate", ylabel="final eval loss")
     ax.legend(fontsize=7)
   fig.tight_layout()

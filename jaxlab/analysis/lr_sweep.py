@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxlab.param.meta import unbox
 from jaxlab.train import tasks
@@ -25,10 +26,19 @@ def stack_batches(iterator, steps: int) -> dict:
   return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
+def lr_mesh(num_lrs: int) -> Mesh | None:
+  """A 1-D mesh ('lr') over the largest number of local devices dividing num_lrs; None on one
+  device (or when only one divides it)."""
+  n = max(d for d in range(1, jax.device_count() + 1) if num_lrs % d == 0)
+  return Mesh(np.array(jax.devices()[:n]), ("lr",)) if n > 1 else None
+
+
 def make_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransformation],
-               task: str) -> Callable:
+               task: str, mesh: Mesh | None = None) -> Callable:
   """jitted (lrs [K], seeds [S], train_batches [T, ...], eval_batch) -> (train losses [K, S, T],
-  final eval loss [K, S]); non-finite losses stay in the output (diverged runs)."""
+  final eval loss [K, S]); non-finite losses stay in the output (diverged runs). With a mesh
+  (axis 'lr', e.g. from `lr_mesh`) the K runs are split over its devices: each device trains
+  K / n learning rates, batches are replicated."""
 
   def one_run(lr, seed, train_batches, eval_batch):
     tx = tx_fn(lr)
@@ -49,7 +59,12 @@ def make_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTran
     return losses, loss_fn(params, eval_batch)
 
   over_seeds = jax.vmap(one_run, in_axes=(None, 0, None, None))
-  return jax.jit(jax.vmap(over_seeds, in_axes=(0, None, None, None)))
+  sweep = jax.vmap(over_seeds, in_axes=(0, None, None, None))
+  if mesh is None:
+    return jax.jit(sweep)
+  by_lr, replicated = NamedSharding(mesh, P("lr")), NamedSharding(mesh, P())
+  return jax.jit(sweep, in_shardings=(by_lr, replicated, replicated, replicated),
+                 out_shardings=(by_lr, by_lr))
 
 
 def mean_over_seeds(final_loss: np.ndarray) -> np.ndarray:
@@ -61,7 +76,7 @@ def lr_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransf
              task: str, lrs: Sequence[float], seeds: Sequence[int], train_batches: dict,
              eval_batch: dict) -> dict:
   """{'lrs', 'seeds', 'train_loss' [K, S, T], 'eval_loss' [K, S], 'best_lr'} as numpy/python."""
-  run = make_sweep(model, tx_fn, task)
+  run = make_sweep(model, tx_fn, task, mesh=lr_mesh(len(lrs)))
   train, final = run(jnp.asarray(lrs, jnp.float32), jnp.asarray(seeds, jnp.uint32),
                      train_batches, eval_batch)
   train, final = np.asarray(train), np.asarray(final)

@@ -31,3 +31,22 @@ def test_lr_transfer_cli(run_python, tfds_data_dir, tmp_path):
   assert out["results"]["mup"]["16"] == {**out["results"]["sp"]["16"],
                                         "seconds": out["results"]["mup"]["16"]["seconds"]}
   assert (tmp_path / "lr_transfer.png").stat().st_size > 10_000
+
+
+def test_lr_transfer_depth_cli(run_python, tfds_data_dir, tmp_path):
+  """--depths sweeps the LM's depth at fixed width; depth-muP at its base depth is plain muP."""
+  done = run_python("-m", "experiments.lr_transfer",
+                    "--config=experiments/configs/shakespeare_lm.py",
+                    f"--config.data.data_dir={tfds_data_dir}", "--config.model.d_model=32",
+                    "--config.data.seq_len=32", "--config.batch_size=4",
+                    "--config.eval_batch_size=4",
+                    "--depths=1,2", "--base_depth=1", "--base_width=32",
+                    "--parametrizations=mup,depth_mup", "--log2_lrs=-8,-6", "--steps=4",
+                    "--time_sequential=false", f"--workdir={tmp_path}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads((tmp_path / "lr_transfer.json").read_text())
+  assert out["axis"] == "depth" and set(out["results"]["depth_mup"]) == {"1", "2"}
+  base_mup, base_dmup = out["results"]["mup"]["1"], out["results"]["depth_mup"]["1"]
+  assert base_mup["eval_loss"] == base_dmup["eval_loss"]  # L = L_base: identical runs
+  assert out["results"]["mup"]["2"]["eval_loss"] != out["results"]["depth_mup"]["2"]["eval_loss"]
+  assert "depth_mup depth 2: best log2 LR" in done.stdout

@@ -60,3 +60,32 @@ def test_eight_devices_match_one_device(tfds_data_dir, tmp_path, run_python, mes
   assert sorted(one) == sorted(eight) == list(range(1, 21))
   assert eight[20] == pytest.approx(one[20], rel=1e-5)
   assert one[20] < one[1]
+
+
+SWEEP = """
+import json, sys
+import jax, numpy as np, optax
+from jaxlab import data, models
+from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep, stack_batches
+cfg = {"name": "digits", "data_dir": sys.argv[1], "task": "classification"}
+train = stack_batches(data.make_train_iterator(cfg, batch_size=64, seed=0), 10)
+evals = next(data.eval_batches(cfg, batch_size=359))
+model = models.MLP(hidden_widths=(32,), num_classes=10)
+lrs, seeds = np.array([2.0**k for k in range(-12, -4)], np.float32), np.array([0, 1], np.uint32)
+mesh = lr_mesh(len(lrs))
+sharded = make_sweep(model, optax.adam, "classification", mesh=mesh)(lrs, seeds, train, evals)
+single = make_sweep(model, optax.adam, "classification")(lrs, seeds, train, evals)
+print(json.dumps({"devices": jax.device_count(), "mesh": dict(mesh.shape),
+                  "shards": len(sharded[1].addressable_shards),
+                  "max_diff": float(np.max(np.abs(np.asarray(sharded[1]) - np.asarray(single[1])))),
+                  "loss": np.asarray(single[1]).tolist()}))
+"""
+
+
+def test_lr_sweep_is_split_over_devices_and_matches_one_device(run_python, tfds_data_dir):
+  """8 LRs on 8 simulated devices: one LR per device, same losses as the unsharded program."""
+  done = run_python("-c", SWEEP, tfds_data_dir, env=EIGHT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads(done.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 8 and out["mesh"] == {"lr": 8} and out["shards"] == 8
+  assert out["max_diff"] < 1e-5, out
