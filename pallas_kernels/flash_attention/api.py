@@ -1,0 +1,152 @@
+"""pallas_kernels.flash_attention: one signature, four implementations.
+
+  "xla"              reference.py: plain XLA, materialises the [B, H, Lq, Lk] logits.
+  "xla_chunked"      chunked.py: FlashAttention-2's algorithm in XLA loops, O(seq) memory.
+  "pallas"           pallas.py: FlashAttention kernels compiled for the GPU/TPU.
+  "pallas_interpret" the same kernels in the Pallas interpreter (any backend; used by tests).
+None picks "pallas" on GPU/TPU and "xla_chunked" elsewhere. Invalid arguments raise ValueError;
+a valid call the compiled kernels cannot run (e.g. no accelerator, a TPU VMEM limit) runs
+"xla_chunked" instead and logs why (absl logging, warning level).
+"""
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from pallas_kernels.flash_attention import chunked, pallas, reference
+
+IMPLEMENTATIONS = ("pallas", "pallas_interpret", "xla", "xla_chunked")
+DTYPES = (jnp.float32, jnp.bfloat16)
+
+
+def default_implementation() -> str:
+  return "pallas" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "xla_chunked"
+
+
+def _static_number(name, value, *, positive: bool):
+  """float(value) for a Python/numpy scalar or concrete 0-d array; ValueError for traced ones
+  (the kernels bake the value in at trace time)."""
+  try:
+    if isinstance(value, bool) or np.ndim(value) != 0:
+      raise TypeError
+    value = float(value)
+  except TypeError:  # includes jax.errors.ConcretizationTypeError
+    raise ValueError(f"{name} must be a static Python number (not a traced or batched "
+                     f"array); got {value!r}") from None
+  if not np.isfinite(value) or (positive and value <= 0):
+    raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number; "
+                     f"got {value}")
+  return value
+
+
+def _positive_int(name, value):
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    raise ValueError(f"{name} must be None or a positive int; got {value!r}")
+  return int(value)
+
+
+def _segments(segment_ids, B, Lq, Lk):
+  """Normalises segment_ids to (q_segment_ids [B, Lq], kv_segment_ids [B, Lk]) or (None, None)."""
+  if segment_ids is None:
+    return None, None
+  if isinstance(segment_ids, (tuple, list)):
+    if len(segment_ids) != 2:
+      raise ValueError("segment_ids must be an int array [batch, seq] or a pair "
+                       f"(q_segment_ids [batch, q_len], kv_segment_ids [batch, kv_len]); got a "
+                       f"{type(segment_ids).__name__} of length {len(segment_ids)}")
+    q_seg, kv_seg = segment_ids
+  elif Lq != Lk:
+    raise ValueError(f"q_len {Lq} != kv_len {Lk}: pass segment_ids as a pair "
+                     "(q_segment_ids [batch, q_len], kv_segment_ids [batch, kv_len])")
+  else:
+    q_seg = kv_seg = segment_ids
+  q_seg, kv_seg = jnp.asarray(q_seg), jnp.asarray(kv_seg)
+  for name, s, L in (("q_segment_ids", q_seg, Lq), ("kv_segment_ids", kv_seg, Lk)):
+    if s.shape != (B, L):
+      raise ValueError(f"{name} must have shape [batch, seq] = {(B, L)}; got {s.shape}")
+    if not jnp.issubdtype(s.dtype, jnp.integer):
+      raise ValueError(f"{name} must be an integer array; got dtype {s.dtype}")
+  return q_seg, kv_seg
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
+              segment_ids=None, window: int | None = None, softcap: float | None = None,
+              scale: float | None = None, implementation: str | None = None,
+              block_q: int | None = None, block_k: int | None = None) -> jax.Array:
+  """softmax(mask(softcap(scale * q k^T))) v, the attention of FlashAttention (Dao et al. 2022).
+
+  Args:
+    q: [batch, q_len, heads, head_dim], float32 or bfloat16.
+    k, v: [batch, kv_len, kv_heads, head_dim], same dtype; heads % kv_heads == 0
+      (grouped-query attention: query head h reads kv head h // (heads // kv_heads)).
+    causal: query at position i sees keys j <= i. Queries are aligned to the end of the keys
+      (query i sits at position i + kv_len - q_len).
+    segment_ids: int [batch, seq] (needs q_len == kv_len) or a pair (q_segment_ids [batch,
+      q_len], kv_segment_ids [batch, kv_len]); a query sees only keys of its own segment
+      (packed sequences).
+    window: sliding window w >= 1: causal -> i - w < j <= i; non-causal -> |i - j| < w.
+    softcap: logits -> softcap * tanh(logits / softcap) (after scaling).
+    scale: logit scale, default 1 / sqrt(head_dim) (as jax.nn.dot_product_attention).
+    implementation: None, "pallas", "pallas_interpret", "xla" or "xla_chunked" (module
+      docstring).
+    block_q, block_k: tile sizes for the blocked implementations (None: their default; see
+      chunked.py and pallas.py for the valid values). Ignored by "xla".
+
+  Returns:
+    [batch, q_len, heads, head_dim] in q's dtype; a query that sees no key gets 0.
+  """
+  if implementation is not None and implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be None or one of {IMPLEMENTATIONS}; "
+                     f"got {implementation!r}")
+  q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if x.ndim != 4:
+      raise ValueError(f"{name} must be [batch, seq, heads, head_dim]; got shape {x.shape}")
+  B, Lq, H, D = q.shape
+  if k.shape != v.shape:
+    raise ValueError(f"k and v shapes must match; got k {k.shape}, v {v.shape}")
+  if k.shape[0] != B or k.shape[3] != D:
+    raise ValueError(f"k/v [batch, kv_len, kv_heads, head_dim] must share batch {B} and "
+                     f"head_dim {D} with q; got q {q.shape}, k {k.shape}")
+  Lk, K = k.shape[1], k.shape[2]
+  if min(B, Lq, H, D, Lk, K) == 0:
+    raise ValueError(f"empty dimension in q {q.shape} or k {k.shape}")
+  if H % K:
+    raise ValueError(f"heads ({H}) must be a multiple of kv_heads ({K})")
+  if not (q.dtype == k.dtype == v.dtype) or q.dtype not in DTYPES:
+    raise ValueError(f"q, k, v must all be float32 or all bfloat16; got {q.dtype}, {k.dtype}, "
+                     f"{v.dtype}")
+  if not isinstance(causal, (bool, np.bool_)):
+    raise ValueError(f"causal must be a Python bool; got {causal!r}")
+  q_seg, kv_seg = _segments(segment_ids, B, Lq, Lk)
+  window = _positive_int("window", window)
+  softcap = None if softcap is None else _static_number("softcap", softcap, positive=True)
+  scale = None if scale is None else _static_number("scale", scale, positive=False)
+  block_q = _positive_int("block_q", block_q)
+  block_k = _positive_int("block_k", block_k)
+  kw = dict(causal=bool(causal), q_segment_ids=q_seg, kv_segment_ids=kv_seg, window=window,
+            softcap=softcap, scale=scale)
+
+  impl = implementation or default_implementation()
+  if impl in ("pallas", "pallas_interpret"):
+    interpret = impl == "pallas_interpret"
+    reason = pallas.unsupported_reason(q.shape, k.shape, q.dtype, interpret=interpret,
+                                       block_q=block_q, block_k=block_k)
+    if reason is None:
+      for name, b in (("block_q", block_q), ("block_k", block_k)):
+        err = b is not None and pallas.block_size_error(name, b, interpret)
+        if err:
+          raise ValueError(f"{err} (implementation={impl!r})")
+      return pallas.attention(q, k, v, block_q=block_q, block_k=block_k, interpret=interpret,
+                              **kw)
+    logging.warning("pallas_kernels.flash_attention: falling back from %r to 'xla_chunked': %s",
+                    impl, reason)
+    impl = "xla_chunked"
+  if impl == "xla_chunked":
+    return chunked.attention(q, k, v, block_q=block_q, block_k=block_k, **kw)
+  return reference.attention(q, k, v, **kw)
