@@ -14,7 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
   c = common.base_config()
   c.data = common.image_data("mnist5k")
   c.data.augment_shift = 2
-  c.model = ml_collections.ConfigDict({"name": "resnet", "width": 16, "blocks_per_stage": 1})
+  c.model = ml_collections.ConfigDict({"name": "resnet", "width": 16, "blocks_per_stage": 1,
+                                       "norm": "layernorm", "conv": "standard",
+                                       "branch_gain": "none", "init_scheme": "default"})
   c.num_steps = 1000
   c.eval_every = 250
   c.checkpoint_every = 250

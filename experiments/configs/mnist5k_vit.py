@@ -15,7 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = common.image_data("mnist5k")
   c.data.augment_shift = 2
   c.model = ml_collections.ConfigDict({"name": "vit", "patch_size": 7, "dim": 128, "depth": 4,
-                                       "num_heads": 4, "mlp_ratio": 2, "pool": "mean"})
+                                       "num_heads": 4, "mlp_ratio": 2, "pool": "mean",
+                                       "norm_placement": "pre", "mix_ratio": 0.25,
+                                       "branch_gain": "none", "init_scheme": "default",
+                                       "attention_init": "default"})
   c.num_steps = 2000
   c.eval_every = 500
   c.optim.learning_rate = 1e-3

@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({
       "name": "transformer", "d_model": 256, "num_layers": 4, "num_heads": 4, "mlp_ratio": 4,
       "positional": "rope", "tie_embeddings": False, "norm": "layernorm",
+      # depth and variance control (jaxlab.depth; see jaxlab/models/transformer.py)
+      "norm_placement": "pre", "mix_ratio": 0.25, "branch_gain": "none",
+      "init_scheme": "default", "attention_init": "default",
   })
   c.batch_size = 16
   c.eval_batch_size = 32

@@ -4,6 +4,9 @@ Contract (what later parametrization / quantization work relies on):
   * every parameter is created by `make_param`, which boxes it in `ParamMeta` with logical axis
     names (from `LOGICAL_AXES`), a role (`jaxlab.param.roles`), fan-in and fan-out;
   * weights init ~ N(0, parametrization.init_std(role, fan_in, fan_out)), biases 0, norm gains 1;
+    a layer's `init_scale` multiplies that std and a `kernel_init(key, shape, std)` replaces the
+    normal draw (per-layer init schemes, jaxlab.depth.init_schemes); the defaults (1.0, None)
+    leave the init unchanged;
   * the output of every weight op is multiplied by parametrization.forward_multiplier(role, ...)
     (skipped when it is exactly 1.0, so SP traces to the plain op);
   * matmuls use `quant.dot_general(path)`, convolutions `quant.conv_general_dilated(path)`, where
@@ -25,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlab.depth.init_schemes import KernelInit, scaled_standardize
 from jaxlab.param.base import SP, OpScales, Parametrization
 from jaxlab.param.meta import ParamMeta
 from jaxlab.param.roles import BIAS, HIDDEN, INPUT, NORM, READOUT, check
@@ -48,9 +52,13 @@ Dtype = Any
 
 
 def make_param(module: nn.Module, name: str, shape: Sequence[int], *, names: Sequence[str],
-               role: str, fan_in: int, fan_out: int,
-               parametrization: Parametrization) -> jax.Array:
-  """Declares `module.<name>` boxed in ParamMeta; returns the (unboxed) f32 value."""
+               role: str, fan_in: int, fan_out: int, parametrization: Parametrization,
+               init_scale: float = 1.0, init: KernelInit | None = None) -> jax.Array:
+  """Declares `module.<name>` boxed in ParamMeta; returns the (unboxed) f32 value.
+
+  init_scale multiplies the parametrization's init std; `init(key, shape, std)` replaces the
+  default value (N(0, std^2) for weights, 0 for biases, 1 for gains) whatever the role.
+  """
   check(role)
   names, shape = tuple(names), tuple(shape)
   if len(names) != len(shape):
@@ -59,17 +67,21 @@ def make_param(module: nn.Module, name: str, shape: Sequence[int], *, names: Seq
   if unknown:
     raise ValueError(f"{name}: unknown logical axes {unknown}; valid: {LOGICAL_AXES}")
 
-  def init(key, shape):
-    if role == BIAS:
+  def init_fn(key, shape):
+    std = parametrization.init_std(role, fan_in, fan_out)
+    if init_scale != 1.0:
+      std = std * init_scale
+    if init is not None:
+      value = jnp.asarray(init(key, shape, std), jnp.float32)
+    elif role == BIAS:
       value = jnp.zeros(shape, jnp.float32)
     elif role == NORM:
       value = jnp.ones(shape, jnp.float32)
     else:
-      std = parametrization.init_std(role, fan_in, fan_out)
       value = std * jax.random.normal(key, shape, jnp.float32)
     return ParamMeta(value, names=names, role=role, fan_in=fan_in, fan_out=fan_out)
 
-  return module.param(name, init, shape)
+  return module.param(name, init_fn, shape)
 
 
 def scale(x: jax.Array, multiplier: float) -> jax.Array:
@@ -117,7 +129,8 @@ class Dense(nn.Module):
   """y = m_W * (x @ W) + m_b * b with W [fan_in, features], fan_in = x.shape[-1].
 
   feature_major=True takes and returns transposed activations (x [fan_in, N] -> y [features, N])
-  with the same kernel; FeedForward uses it (see there for why).
+  with the same kernel; FeedForward uses it (see there for why). init_scale / kernel_init: see
+  `make_param`.
   """
 
   features: int
@@ -128,13 +141,16 @@ class Dense(nn.Module):
   parametrization: Parametrization = SP()
   quant: QuantPolicy = NO_QUANT
   dtype: Dtype = jnp.float32
+  init_scale: float = 1.0
+  kernel_init: KernelInit | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     p = self.parametrization
     fan_in = x.shape[0] if self.feature_major else x.shape[-1]
     kernel = make_param(self, "kernel", (fan_in, self.features), names=self.kernel_axes,
-                        role=self.role, fan_in=fan_in, fan_out=self.features, parametrization=p)
+                        role=self.role, fan_in=fan_in, fan_out=self.features, parametrization=p,
+                        init_scale=self.init_scale, init=self.kernel_init)
     dot_general = self.quant.dot_general(module_path(self),
                                          weight_operand="lhs" if self.feature_major else "rhs")
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
@@ -164,7 +180,14 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 class Conv(nn.Module):
-  """2-D convolution, NHWC inputs, HWIO kernel; fan_in = kh*kw*C_in, fan_out = features."""
+  """2-D convolution, NHWC inputs, HWIO kernel; fan_in = kh*kw*C_in, fan_out = features.
+
+  standardize=True uses the scaled weight standardization of NF-ResNets (Brock et al. 2021,
+  Eq. 5): W_hat = gain * (W - mean) / (std * sqrt(fan_in)) per output channel, with a learned
+  `gain` [features] (role NORM, init 1; part of the weight, so it has no op scales of its own);
+  see jaxlab.depth.init_schemes.scaled_standardize.
+  init_scale multiplies the init std (see `make_param`).
+  """
 
   features: int
   kernel_size: int | Sequence[int]
@@ -176,13 +199,20 @@ class Conv(nn.Module):
   parametrization: Parametrization = SP()
   quant: QuantPolicy = NO_QUANT
   dtype: Dtype = jnp.float32
+  init_scale: float = 1.0
+  standardize: bool = False
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
     p, (kh, kw), c_in = self.parametrization, _pair(self.kernel_size), x_BHWC.shape[-1]
     fan_in = kh * kw * c_in
     kernel = make_param(self, "kernel", (kh, kw, c_in, self.features), names=self.kernel_axes,
-                        role=self.role, fan_in=fan_in, fan_out=self.features, parametrization=p)
+                        role=self.role, fan_in=fan_in, fan_out=self.features, parametrization=p,
+                        init_scale=self.init_scale)
+    if self.standardize:
+      gain = make_param(self, "gain", (self.features,), names=self.kernel_axes[-1:], role=NORM,
+                        fan_in=self.features, fan_out=self.features, parametrization=p)
+      kernel = scaled_standardize(kernel, gain, p.init_std(self.role, fan_in, self.features))
     conv = self.quant.conv_general_dilated(module_path(self))
     op = functools.partial(conv, window_strides=_pair(self.strides), padding=self.padding,
                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -298,13 +328,76 @@ class RMSNorm(_Norm):
     return self._affine(x * jax.lax.rsqrt(ms + self.epsilon))
 
 
-NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+class CRMSNorm(_Norm):
+  """Compressed RMSNorm (Jiang et al. 2023, "Pre-RMSNorm and Pre-CRMSNorm Transformers", Eq. 9):
+  x [..., d-1] holds the first d-1 coordinates of a zero-mean d-vector whose last coordinate is
+  -sum(x); returns x / sqrt((sum(x^2) + sum(x)^2) / d + eps), that vector's RMSNorm without its
+  implied last coordinate. No gain or bias by default: they are folded into the next linear
+  layer (jaxlab.depth.norm_conversion), as an elementwise gain cannot act on the implied one.
+  """
+
+  use_scale: bool = False
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    d = x.shape[-1] + 1
+    ss = jnp.sum(jnp.square(x), axis=-1, keepdims=True) + jnp.square(
+        jnp.sum(x, axis=-1, keepdims=True))
+    return self._affine(x * jax.lax.rsqrt(ss / d + self.epsilon))
+
+
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "crmsnorm": CRMSNorm}
 
 
 def norm_class(name: str) -> type[_Norm]:
   if name not in NORMS:
     raise ValueError(f"unknown norm {name!r}; valid: {', '.join(NORMS)}")
   return NORMS[name]
+
+
+class ScalarGain(nn.Module):
+  """x * g for one learned scalar g (role NORM, fan 1) initialised to `init_value`: ReZero /
+  SkipInit branch gains (init 0; Bachlechner et al. 2020, De & Smith 2020), Fixup's branch
+  multiplier (init 1; Zhang et al. 2019)."""
+
+  init_value: float = 1.0
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT  # unused; uniform layer interface
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p, v = self.parametrization, self.init_value
+    g = make_param(self, "scale", (), names=(), role=NORM, fan_in=1, fan_out=1,
+                   parametrization=p, init=lambda key, shape, std: jnp.full(shape, v))
+    g = scale_param(g.astype(self.dtype), p.op_scales(NORM, 1, 1, x.size))
+    return x * g
+
+
+class ScalarBias(nn.Module):
+  """x + b for one learned scalar b (role BIAS, fan 1, init 0): Fixup's scalar biases."""
+
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT  # unused; uniform layer interface
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p = self.parametrization
+    b = make_param(self, "bias", (), names=(), role=BIAS, fan_in=1, fan_out=1, parametrization=p)
+    return x + scale_param(b.astype(self.dtype), p.op_scales(BIAS, 1, 1, x.size))
+
+
+def scale_columns(init: KernelInit | None, start: int, factor: float) -> KernelInit:
+  """A kernel_init drawing like `init` (default N(0, std^2)) with columns [start:] x factor."""
+
+  def fn(key, shape, std):
+    w = std * jax.random.normal(key, shape, jnp.float32) if init is None else init(key, shape, std)
+    return w.at[..., start:].multiply(factor)
+
+  return fn
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -330,6 +423,9 @@ class Attention(nn.Module):
 
   qkv: Dense(embed -> (heads + 2 kv_heads) * head_dim), out: Dense(heads * head_dim -> embed),
   both HIDDEN; logits scaled by parametrization.attention_scale(head_dim); optional RoPE.
+  Init hooks (defaults leave the init unchanged): init_scale multiplies every kernel's init std,
+  value_init_scale further the value columns of qkv and the out kernel (DeepNorm's beta), and
+  kernel_inits = (qkv_init, out_init) replaces their normal draws (mimetic init).
   """
 
   num_heads: int
@@ -342,6 +438,9 @@ class Attention(nn.Module):
   parametrization: Parametrization = SP()
   quant: QuantPolicy = NO_QUANT
   dtype: Dtype = jnp.float32
+  init_scale: float = 1.0
+  value_init_scale: float = 1.0
+  kernel_inits: tuple[KernelInit, KernelInit] | None = None
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask: jax.Array | None = None,
@@ -353,8 +452,12 @@ class Attention(nn.Module):
       raise ValueError(f"width {D} not divisible by num_heads {H}; set head_dim")
     Dh = self.head_dim or D // H
     kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
+    qkv_init, out_init = self.kernel_inits or (None, None)
+    if self.value_init_scale != 1.0:
+      qkv_init = scale_columns(qkv_init, (H + K) * Dh, self.value_init_scale)
     qkv = Dense((H + 2 * K) * Dh, role=HIDDEN, use_bias=self.use_bias,
-                kernel_axes=("embed", "heads"), name="qkv", **kw)(x_BLD)
+                kernel_axes=("embed", "heads"), init_scale=self.init_scale, kernel_init=qkv_init,
+                name="qkv", **kw)(x_BLD)
     q, k, v = split_last(qkv, (H * Dh, (H + K) * Dh))
     q_BLHD, k_BLKD, v_BLKD = q.reshape(B, L, H, Dh), k.reshape(B, L, K, Dh), v.reshape(B, L, K, Dh)
     if self.rope:
@@ -370,6 +473,7 @@ class Attention(nn.Module):
     if io_scale != 1.0:
       out_BLHD = scale_fwd(out_BLHD, io_scale)
     return Dense(D, role=HIDDEN, use_bias=self.use_bias, kernel_axes=("heads", "embed"),
+                 init_scale=self.init_scale * self.value_init_scale, kernel_init=out_init,
                  name="out", **kw)(out_BLHD.reshape(B, L, H * Dh))
 
 
@@ -380,6 +484,7 @@ class FeedForward(nn.Module):
   contract over the minor (token) axis of a materialised array, and XLA:CPU no longer fuses the
   activation's backward into a transposing copy (measured: fwd+bwd of a d=256, 4x GELU block on
   4,096 tokens 189 ms -> 105 ms). Same parameters and numerics as the token-major form.
+  init_scale multiplies both kernels' init std.
   """
 
   hidden: int
@@ -388,11 +493,12 @@ class FeedForward(nn.Module):
   parametrization: Parametrization = SP()
   quant: QuantPolicy = NO_QUANT
   dtype: Dtype = jnp.float32
+  init_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype,
-              use_bias=self.use_bias, feature_major=True)
+              use_bias=self.use_bias, feature_major=True, init_scale=self.init_scale)
     d = x.shape[-1]
     xT = x.reshape(-1, d).T
     hT = Dense(self.hidden, kernel_axes=("embed", "mlp"), name="up", **kw)(xT)

@@ -54,3 +54,27 @@ def test_build():
   assert models.build(cfg) == models.ResNet(width=8, blocks_per_stage=3, num_classes=100)
   with pytest.raises(ValueError, match="'depth'"):
     models.build(ml_collections.ConfigDict(dict(name="resnet", depth=20)))
+
+
+def test_depth_keys_metadata_and_build():
+  """Fixup adds scalar biases (role BIAS) and a multiplier (NORM); SkipInit a scalar gain (NORM);
+  conv='ws' a per-channel gain (NORM) on every conv; the defaults add nothing."""
+  x = np.zeros((1, 8, 8, 3))
+  default = jax.eval_shape(models.ResNet(width=4, blocks_per_stage=1).init, KEY, x)["params"]
+  assert set(default["stage_0_block_0"]) == {"conv_0", "norm_0", "conv_1", "norm_1"}
+  model = models.ResNet(width=4, blocks_per_stage=1, norm="none", init_scheme="fixup",
+                        branch_gain="rezero")
+  info = param.param_info(jax.eval_shape(model.init, KEY, x)["params"])
+  block = info["stage_1_block_0"]
+  assert block["bias_0a"]["bias"] == (roles.BIAS, 1, 1, ())
+  assert block["multiplier"]["scale"] == (roles.NORM, 1, 1, ())
+  assert block["branch_gain"]["scale"] == (roles.NORM, 1, 1, ())
+  assert "proj_norm" not in block and "norm_1" not in block
+  assert info["readout_bias"]["bias"].role == roles.BIAS
+  ws = param.param_info(jax.eval_shape(models.ResNet(width=4, blocks_per_stage=1, conv="ws").init,
+                                       KEY, x)["params"])
+  assert ws["stage_1_block_0"]["conv_1"]["gain"] == (roles.NORM, 8, 8, ("conv_out",))
+  cfg = ml_collections.ConfigDict(dict(name="resnet", width=8, blocks_per_stage=1, norm="none",
+                                       conv="ws", init_scheme="default", branch_gain="rezero"))
+  assert models.build(cfg) == models.ResNet(width=8, blocks_per_stage=1, norm="none", conv="ws",
+                                            branch_gain="rezero")

@@ -121,3 +121,57 @@ def test_build_and_errors():
     jax.eval_shape(_lm(positional="alibi").init, KEY, TOKENS)
   with pytest.raises(ValueError, match="max_len"):
     jax.eval_shape(_lm().init, KEY, np.zeros((1, 65), np.int32))
+
+
+NORM_NAMES = {  # norm_placement -> the norms of every block (2 layers; mix_ratio 0.5)
+    "pre": {"attn_norm", "mlp_norm"}, "lns": {"attn_norm", "mlp_norm"},
+    "post": {"attn_post_norm", "mlp_post_norm"}, "deepnorm": {"attn_post_norm", "mlp_post_norm"},
+    "peri": {"attn_norm", "attn_out_norm", "mlp_norm", "mlp_out_norm"}, "none": set()}
+
+
+@pytest.mark.parametrize("placement", sorted(NORM_NAMES) + ["mix"])
+def test_norm_placement_structure(placement):
+  boxed = _shapes(_lm(norm_placement=placement, mix_ratio=0.5))
+  for i in range(LAYERS):
+    kind = ("post" if i == 0 else "pre") if placement == "mix" else placement
+    assert {k for k in boxed[f"block_{i}"] if "norm" in k} == NORM_NAMES[kind], (placement, i)
+  assert ("final_norm" in boxed) == (placement not in ("post", "deepnorm"))
+  info = param.param_info(boxed)
+  for leaf in jax.tree_util.tree_leaves(info["block_0"],
+                                        is_leaf=lambda x: isinstance(x, param.ParamInfo)):
+    assert leaf.role in (roles.HIDDEN, roles.NORM)
+
+
+def test_depth_keys_build_and_errors():
+  cfg = ml_collections.ConfigDict(dict(
+      name="transformer", vocab_size=V, d_model=D, num_layers=LAYERS, num_heads=HEADS,
+      max_len=64, norm_placement="peri", branch_gain="rezero", init_scheme="lir",
+      attention_init="mimetic"))
+  assert models.build(cfg) == _lm(norm_placement="peri", branch_gain="rezero",
+                                  init_scheme="lir", attention_init="mimetic")
+  for key in ("norm_placement", "mix_ratio", "branch_gain", "init_scheme", "attention_init"):
+    assert key in models.config_keys(models.TransformerLM)
+  with pytest.raises(ValueError, match=r"config\.model\.init_scheme 'fixup'; valid: default, lir"):
+    jax.eval_shape(_lm(init_scheme="fixup").init, KEY, TOKENS)
+  with pytest.raises(ValueError, match="unknown norm 'batchnorm'"):
+    jax.eval_shape(_lm(norm="batchnorm").init, KEY, TOKENS)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_crmsnorm_compressed_stream(use_bias):
+  """norm='crmsnorm': stream d-1 wide, attention/MLP widths from d_model, no norm params,
+  readout bias only with use_bias."""
+  info = param.param_info(_shapes(_lm(norm="crmsnorm", use_bias=use_bias,
+                                      positional="learned")))
+  assert info["embed"]["embedding"].fan_out == D - 1
+  assert info["pos_embed"]["embedding"].fan_out == D - 1
+  block = info["block_0"]
+  assert not any("norm" in k for k in block) and "final_norm" not in info
+  assert block["attn"]["qkv"]["kernel"][1:3] == (D - 1, 3 * D)
+  assert block["attn"]["out"]["kernel"][1:3] == (D, D - 1)
+  assert block["mlp"]["up"]["kernel"][1:3] == (D - 1, 4 * D)
+  assert block["mlp"]["down"]["kernel"][1:3] == (4 * D, D - 1)
+  assert info["readout"]["kernel"][1:3] == (D - 1, V)
+  assert ("bias" in info["readout"]) == use_bias
+  first, last = _fit(_lm(norm="crmsnorm", use_bias=use_bias, num_layers=1), TOKENS, steps=5)
+  assert np.isfinite(last) and last < first

@@ -61,3 +61,28 @@ def test_build_and_errors():
     jax.eval_shape(models.ViT(patch_size=3).init, KEY, np.zeros((1, 8, 8, 1)))
   with pytest.raises(ValueError, match="unknown pool"):
     jax.eval_shape(models.ViT(pool="max").init, KEY, np.zeros((1, 8, 8, 1)))
+
+
+@pytest.mark.parametrize("placement", ["post", "peri", "mix", "lns", "deepnorm", "none"])
+def test_norm_placements(placement):
+  model = models.ViT(patch_size=4, dim=16, depth=2, num_heads=2, num_classes=5,
+                     norm_placement=placement, mix_ratio=0.5)
+  x = np.zeros((2, 8, 8, 1), np.float32)
+  variables = jax.eval_shape(model.init, KEY, x)
+  assert jax.eval_shape(model.apply, variables, x).shape == (2, 5)
+  params = variables["params"]
+  assert ("final_norm" in params) == (placement not in ("post", "deepnorm"))
+  post = {"post": [0, 1], "deepnorm": [0, 1], "mix": [0]}.get(placement, [])
+  assert [i for i in range(2) if "attn_post_norm" in params[f"block_{i}"]] == post
+  assert ("attn_out_norm" in params["block_1"]) == (placement == "peri")
+
+
+def test_depth_keys_train_and_errors():
+  model = models.ViT(patch_size=4, dim=32, depth=2, num_heads=4, num_classes=4, pool="cls",
+                     norm_placement="peri", branch_gain="rezero", init_scheme="lir")
+  first, last = _fit(model, IMAGES, LABELS, steps=5)
+  assert np.isfinite(last) and last < first, (first, last)
+  mimetic = model.clone(attention_init="mimetic")
+  assert jax.eval_shape(mimetic.init, KEY, IMAGES)["params"]["block_1"]["attn_gain"] is not None
+  with pytest.raises(ValueError, match=r"config\.model\.norm_placement 'sandwich'"):
+    jax.eval_shape(models.ViT(norm_placement="sandwich").init, KEY, np.zeros((1, 8, 8, 1)))
