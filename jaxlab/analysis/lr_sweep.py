@@ -7,7 +7,7 @@ sweep 10+ LRs per width). All runs of a width see the same batches in the same o
 change the initialisation only.
 """
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,6 +33,34 @@ def lr_mesh(num_lrs: int) -> Mesh | None:
   return Mesh(np.array(jax.devices()[:n]), ("lr",)) if n > 1 else None
 
 
+def batch_loss(model: nn.Module, task: str) -> Callable:
+  """(params, batch) -> mean training loss of `model` on `batch` for `task`."""
+
+  def loss_fn(params, batch):
+    logits = model.apply({"params": params}, tasks.model_inputs(batch, task))
+    return tasks.loss_and_metrics(logits, batch, task)[0]
+
+  return loss_fn
+
+
+def scan_train(model: nn.Module, tx: optax.GradientTransformation, task: str, seed: jax.Array,
+               train_batches: dict) -> tuple[Any, jax.Array]:
+  """(final params, train losses [T]): init from `seed`, then one optimizer step per stacked
+  batch as a lax.scan (traceable: jit/vmap it)."""
+  example = tasks.model_inputs(jax.tree.map(lambda x: x[0], train_batches), task)
+  params = unbox(model.init(jax.random.PRNGKey(seed), example)["params"])
+  loss_fn = batch_loss(model, task)
+
+  def step(carry, batch):
+    p, opt_state = carry
+    loss, grads = jax.value_and_grad(loss_fn)(p, batch)
+    updates, opt_state = tx.update(grads, opt_state, p)
+    return (optax.apply_updates(p, updates), opt_state), loss
+
+  (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), train_batches)
+  return params, losses
+
+
 def make_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransformation],
                task: str, mesh: Mesh | None = None) -> Callable:
   """jitted (lrs [K], seeds [S], train_batches [T, ...], eval_batch) -> (train losses [K, S, T],
@@ -41,22 +69,8 @@ def make_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTran
   K / n learning rates, batches are replicated."""
 
   def one_run(lr, seed, train_batches, eval_batch):
-    tx = tx_fn(lr)
-    example = tasks.model_inputs(jax.tree.map(lambda x: x[0], train_batches), task)
-    params = unbox(model.init(jax.random.PRNGKey(seed), example)["params"])
-
-    def loss_fn(p, batch):
-      logits = model.apply({"params": p}, tasks.model_inputs(batch, task))
-      return tasks.loss_and_metrics(logits, batch, task)[0]
-
-    def step(carry, batch):
-      p, opt_state = carry
-      loss, grads = jax.value_and_grad(loss_fn)(p, batch)
-      updates, opt_state = tx.update(grads, opt_state, p)
-      return (optax.apply_updates(p, updates), opt_state), loss
-
-    (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), train_batches)
-    return losses, loss_fn(params, eval_batch)
+    params, losses = scan_train(model, tx_fn(lr), task, seed, train_batches)
+    return losses, batch_loss(model, task)(params, eval_batch)
 
   over_seeds = jax.vmap(one_run, in_axes=(None, 0, None, None))
   sweep = jax.vmap(over_seeds, in_axes=(0, None, None, None))
