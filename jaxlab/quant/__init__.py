@@ -15,3 +15,6 @@ __all__ = [
     "int_fake_quant", "lsq_fake_quant", "names", "quantize_operand",
     "quantized_conv_general_dilated", "quantized_dot_general", "quantizers",
     "ternary_fake_quant"]
+
+from jaxlab.quant import equalization, ptq  # noqa: E402  (post-training quantization, DFQ)
+__all__ += ["equalization", "ptq"]
