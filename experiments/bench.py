@@ -1,13 +1,22 @@
-r"""Benchmark: this machine's f32 GEMM peak and the LM train step's tokens/s and MFU, in one run.
+r"""Benchmark: this machine's f32 GEMM peak, the LM train step's tokens/s and MFU, and the cost
+of a quantization-aware (QAT) train step of the same LM, in one run.
 
   python -m experiments.bench                       # 4 layers, d=256, seq 256, batch 16
   python -m experiments.bench --num_layers=8 --d_model=512
+  python -m experiments.bench --qat=w4a8            # another policy; --qat= skips it
 
 MFU = model FLOPs per second / measured GEMM peak. Model FLOPs per token follow PaLM
 (Chowdhery et al. 2022, App. B): 6 N + 12 n_layers seq d_model (forward+backward, attention
 scores and values counted in full, causal masking not discounted), N = non-embedding matmul
 parameters incl. the readout. The
 XLA cost-analysis FLOPs of the compiled step are printed beside it as a cross-check.
+
+QAT cost (--qat, default int8; the quantization issue asks for at most 1.5x the f32 step): the
+same LM, optimizer and batches under that policy (jaxlab.quant: int8 fake quant of the weights
+per output channel and of the activations per token in every qkv / out / up / down matmul,
+straight-through gradients; embedding and readout stay float). Its steps are timed interleaved
+with the f32 steps (f32, QAT, f32, QAT, ...), so both see the same background load, and the
+ratio of the medians is printed.
 """
 
 import statistics
@@ -16,9 +25,10 @@ import time
 from absl import app, flags
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from experiments.configs import shakespeare_lm
-from jaxlab import data, optim, sharding
+from jaxlab import data, optim, quant, sharding
 from jaxlab.train import step as step_lib
 from jaxlab.train.init import build_model, dummy_input, init_state
 
@@ -29,6 +39,9 @@ _SEQ = flags.DEFINE_integer("seq_len", 256, "sequence length")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "global batch size")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed train steps")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (default $TFDS_DATA_DIR)")
+_QAT = flags.DEFINE_string("qat", "int8", "quantization policy whose train step is timed against "
+                           "the f32 one (jaxlab.quant.names()); empty: skip")
+QAT_TARGET = 1.5  # the quantization issue's bound on QAT step time / f32 step time
 
 
 def gemm_peak(sizes=(512, 1024, 2048), repeats=5) -> tuple[float, int]:
@@ -57,8 +70,30 @@ def lm_flops_per_token(num_layers: int, d_model: int, mlp_ratio: int, seq_len: i
   return 6 * n + 12 * num_layers * seq_len * d_model
 
 
+class _Runner:
+  """One LM train step (model, optimizer, state) that times itself; the state is donated."""
+
+  def __init__(self, config, spec, mesh, batch):
+    model = build_model(config, spec)
+    self.tx = optim.make_optimizer(config.optim, config.num_steps)
+    self.state, shardings = init_state(model, self.tx, dummy_input(spec, _SEQ.value), 0, mesh)
+    self.kw = dict(model=model, tx=self.tx, task="lm", state_sharding=step_lib.Static(shardings))
+    compiled = step_lib.train_step.lower(self.state, batch, **self.kw).compile()
+    self.xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    self.times: list[float] = []
+
+  def step(self, batch, timed: bool = True) -> None:
+    t = time.perf_counter()
+    self.state, m = step_lib.train_step(self.state, batch, **self.kw)
+    jax.block_until_ready(m["loss"])
+    if timed:
+      self.times.append(time.perf_counter() - t)
+
+
 def main(argv):
   del argv
+  if _QAT.value:
+    quant.get(_QAT.value)  # an unknown name fails before the slow part, listing the valid ones
   peak, n = gemm_peak()
   print(f"f32 GEMM peak: {peak:.1f} GFLOP/s (n={n}, {jax.device_count()} device(s), "
         f"{jax.devices()[0].platform})")
@@ -70,24 +105,21 @@ def main(argv):
   config.model.update(num_layers=_LAYERS.value, d_model=_DMODEL.value, num_heads=_HEADS.value)
   mesh = sharding.make_mesh(config.mesh)
   spec = data.dataset_spec(config.data)
-  model = build_model(config, spec)
-  tx = optim.make_optimizer(config.optim, config.num_steps)
-  state, shardings = init_state(model, tx, dummy_input(spec, _SEQ.value), 0, mesh)
   it = data.make_train_iterator(config.data, batch_size=_BATCH.value, seed=0)
   batches = [sharding.shard_batch(next(it), mesh) for _ in range(4)]
-  kw = dict(model=model, tx=tx, task="lm", state_sharding=step_lib.Static(shardings))
-  compiled = step_lib.train_step.lower(state, batches[0], **kw).compile()
-  xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
-  for i in range(3):  # warm up
-    state, m = step_lib.train_step(state, batches[i % 4], **kw)
-  jax.block_until_ready(m["loss"])
-  times = []
-  for i in range(_STEPS.value):
-    t = time.perf_counter()
-    state, m = step_lib.train_step(state, batches[i % 4], **kw)
-    jax.block_until_ready(m["loss"])
-    times.append(time.perf_counter() - t)
-  step_time = statistics.median(times)
+  runners = {"f32": _Runner(config, spec, mesh, batches[0])}
+  if _QAT.value:
+    qat_config = ml_collections.ConfigDict(config.to_dict())
+    qat_config.quant = _QAT.value
+    runners[_QAT.value] = _Runner(qat_config, spec, mesh, batches[0])
+  for r in runners.values():
+    for i in range(3):  # warm up
+      r.step(batches[i % 4], timed=False)
+  for i in range(_STEPS.value):  # interleaved: f32, QAT, f32, QAT, ...
+    for r in runners.values():
+      r.step(batches[i % 4])
+  f32 = runners["f32"]
+  step_time = statistics.median(f32.times)
   tokens = _BATCH.value * _SEQ.value
   flops_tok = lm_flops_per_token(_LAYERS.value, _DMODEL.value, config.model.mlp_ratio, _SEQ.value,
                                  spec.vocab_size)
@@ -97,8 +129,16 @@ def main(argv):
         f" over {_STEPS.value} steps")
   print(f"  tokens/s: {tokens / step_time:,.0f}")
   print(f"  model FLOPs/token (PaLM 6N + 12 L T d): {flops_tok / 1e6:.1f} M; XLA cost analysis: "
-        f"{xla_flops / tokens / 1e6:.1f} M")
+        f"{f32.xla_flops / tokens / 1e6:.1f} M")
   print(f"  achieved {achieved:.1f} GFLOP/s = MFU {100 * achieved / peak:.1f}% of the measured peak")
+  if _QAT.value:
+    qat = runners[_QAT.value]
+    qat_time = statistics.median(qat.times)
+    ratio = qat_time / step_time
+    print(f"QAT train step, same LM and batches, policy {_QAT.value!r} (timed interleaved with the "
+          f"f32 step): median {qat_time * 1e3:.1f} ms/step = {ratio:.2f}x the f32 step "
+          f"({'within' if ratio <= QAT_TARGET else 'above'} the {QAT_TARGET}x target); "
+          f"XLA cost analysis {qat.xla_flops / f32.xla_flops:.2f}x the f32 FLOPs")
 
 
 if __name__ == "__main__":

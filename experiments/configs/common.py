@@ -10,6 +10,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.base_width = 0  # width of the base model for width-aware parametrizations; 0 = this model
   c.zero_readout = False  # muP option: readout initialised to exactly 0
   c.base_depth = 0  # depth_mup / completep: residual blocks of the base model; 0 = this model
+  # quantization policy (jaxlab.quant.names()): fp32 | int8 | int4_w | w4a8 | binary_w | fp8 |
+  # fp8_delayed (amax histories in TrainState.extra) | lsq_w4a8 (learned steps)
   c.quant = "fp32"
   c.batch_size = 128
   c.eval_batch_size = 200

@@ -1,17 +1,19 @@
 """Quantization: fake quantizers with custom VJPs (`quantizers`, `fp8`), per-op formats and the
-quantized dot_general / conv (`config`), and module-path policies that layers obey (`policy`)."""
+quantized dot_general / conv (`config`), and module-path policies that layers obey (`policy`).
+State a policy can need: LSQ steps (params) and fp8 delayed-scaling histories (collection
+QUANT_STATE = 'quant_state', carried in TrainState.extra)."""
 
 from jaxlab.quant import fp8, quantizers
-from jaxlab.quant.config import (BinaryFormat, FP8Format, IntFormat, LSQFormat, QuantConfig,
-                                 TernaryFormat, quantize_operand, quantized_conv_general_dilated,
-                                 quantized_dot_general)
+from jaxlab.quant.config import (QUANT_STATE, BinaryFormat, FP8Format, IntFormat, LSQFormat,
+                                 QuantConfig, TernaryFormat, quantize_operand,
+                                 quantized_conv_general_dilated, quantized_dot_general)
 from jaxlab.quant.policy import FLOAT_LAYERS, NO_QUANT, QuantPolicy, get, names
 from jaxlab.quant.quantizers import (binary_fake_quant, int_fake_quant, lsq_fake_quant,
                                      ternary_fake_quant)
 
 __all__ = [
     "BinaryFormat", "FLOAT_LAYERS", "FP8Format", "IntFormat", "LSQFormat", "NO_QUANT",
-    "QuantConfig", "QuantPolicy", "TernaryFormat", "binary_fake_quant", "fp8", "get",
+    "QUANT_STATE", "QuantConfig", "QuantPolicy", "TernaryFormat", "binary_fake_quant", "fp8", "get",
     "int_fake_quant", "lsq_fake_quant", "names", "quantize_operand",
     "quantized_conv_general_dilated", "quantized_dot_general", "quantizers",
     "ternary_fake_quant"]

@@ -4,10 +4,13 @@ quantized `dot_general` / `conv_general_dilated` built from it.
 Formats (frozen dataclasses, hashable, so a policy can sit in a Flax module's fields):
   IntFormat      b-bit integer fake quant (b in 2..8), symmetric or affine, nearest or stochastic
                  rounding, identity or clipped STE (`quantizers.int_fake_quant`);
-  LSQFormat      learned step size (Esser et al. 2020); the step is a parameter the caller owns;
+  LSQFormat      learned step size (Esser et al. 2020); the step is a parameter the caller owns
+                 (jaxlab Dense / Conv: params 'weight_step' / 'activation_step');
   BinaryFormat   BinaryConnect sign or XNOR-Net sign * mean|W|;
   TernaryFormat  ternary weight networks (threshold 0.7 mean|W|);
-  FP8Format      e4m3 / e5m2 with current scaling (delayed scaling: see `jaxlab.quant.fp8`).
+  FP8Format      e4m3 / e5m2 with current or delayed scaling; delayed scaling reads per-tensor
+                 amax histories the caller owns (jaxlab Dense / Conv: collection 'quant_state';
+                 passed to the op as quant_state=; see `jaxlab.quant.fp8`).
 
 Granularity inside an op: per_tensor is one scale per operand; per_channel (weights) and
 per_token (activations) are the same rule seen from the two sides: one scale per element of the
@@ -106,11 +109,21 @@ class FP8Format:
     check_choice("ste", self.ste, STES)
     if not isinstance(self.history_length, int) or self.history_length < 1:
       raise ValueError(f"history_length must be a positive integer, got {self.history_length!r}")
+    if self.scaling == "delayed" and self.granularity != "per_tensor":
+      raise ValueError("fp8 scaling='delayed' keeps one amax history per tensor: granularity must "
+                       f"be 'per_tensor', got {self.granularity!r}")
+
+  @property
+  def delayed(self) -> bool:
+    return self.scaling == "delayed"
 
 
 Format = IntFormat | LSQFormat | BinaryFormat | TernaryFormat | FP8Format
 OPERAND_FORMATS = (IntFormat, LSQFormat, BinaryFormat, TernaryFormat, FP8Format)
 GRADIENT_FORMATS = (IntFormat, FP8Format)
+
+ROLES = ("weight", "activation", "gradient")
+QUANT_STATE = "quant_state"  # the Flax collection holding delayed-scaling states
 
 INT8 = IntFormat(bits=8)
 E4M3 = FP8Format(dtype="e4m3")
@@ -148,11 +161,25 @@ class QuantConfig:
     return any(isinstance(f, IntFormat) and f.rounding == "stochastic"
                for f in (self.weight, self.activation, self.gradient))
 
+  @property
+  def delayed_roles(self) -> tuple[str, ...]:
+    """Roles ('weight', 'activation', 'gradient') whose format is fp8 with delayed scaling: each
+    needs a state (fp8.init_delayed_state) in the op's quant_state= argument."""
+    return tuple(r for r in ROLES
+                 if isinstance(getattr(self, r), FP8Format) and getattr(self, r).delayed)
+
+  @property
+  def lsq_roles(self) -> tuple[str, ...]:
+    """Roles ('weight', 'activation') quantized with LSQ: each needs a learned step."""
+    return tuple(r for r in ROLES[:2] if isinstance(getattr(self, r), LSQFormat))
+
 
 def quantize_operand(x: jax.Array, fmt: Format | None, contracting: Sequence[int], *,
-                     key: jax.Array | None = None, step: jax.Array | None = None) -> jax.Array:
+                     key: jax.Array | None = None, step: jax.Array | None = None,
+                     state: dict | None = None) -> jax.Array:
   """Fake-quantizes one operand of a contraction: per_tensor scales reduce over every axis,
-  per_channel / per_token ones over `contracting` (see the module docstring)."""
+  per_channel / per_token ones over `contracting` (see the module docstring). `step`: the LSQ
+  step; `state`: the fp8 delayed-scaling state {"history", "probe"}."""
   if fmt is None:
     return x
   contracting = tuple(sorted({a % x.ndim for a in contracting})) if x.ndim else ()
@@ -173,10 +200,14 @@ def quantize_operand(x: jax.Array, fmt: Format | None, contracting: Sequence[int
     return qz.ternary_fake_quant(x, threshold=fmt.threshold, granularity=gran, axis=free,
                                  ste=fmt.ste)
   if isinstance(fmt, FP8Format):
-    if fmt.scaling != "current":
-      raise ValueError("fp8 scaling='delayed' needs amax-history state, which the quantized ops "
-                       "do not carry yet; use scaling='current' here and see jaxlab.quant.fp8 "
-                       "(init_history, update_history, scale_from_history)")
+    if fmt.delayed:
+      if state is None:
+        raise ValueError("fp8 scaling='delayed' needs this tensor's amax-history state: pass "
+                         "quant_state={role: fp8.init_delayed_state(H)} (built on init_history) "
+                         "to the quantized op; jaxlab Dense / Conv keep it in the 'quant_state' "
+                         "collection")
+      return fp8.fp8_fake_quant_delayed(x, state, fmt.dtype, margin=fmt.margin, pow2=fmt.pow2,
+                                        ste=fmt.ste)
     return fp8.fp8_fake_quant_current(x, fmt.dtype, granularity=gran, axis=free,
                                       margin=fmt.margin, pow2=fmt.pow2, ste=fmt.ste)
   raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(t.__name__ for t in OPERAND_FORMATS)}")
@@ -212,17 +243,34 @@ def _split_rng(config: "QuantConfig", rng: jax.Array | None):
   return tuple(jax.random.split(rng, 3))
 
 
+def _check_quant_state(config: "QuantConfig", quant_state: dict | None) -> dict:
+  quant_state = quant_state or {}
+  missing = [r for r in config.delayed_roles if r not in quant_state]
+  if missing:
+    raise ValueError(f"fp8 scaling='delayed' for {', '.join(missing)}: pass quant_state="
+                     "{role: fp8.init_delayed_state(H), ...} (histories built on init_history) "
+                     f"with the roles {', '.join(config.delayed_roles)} to the quantized op")
+  return quant_state
+
+
 def _quantized(config: "QuantConfig", op: Callable, lhs: jax.Array, rhs: jax.Array,
                lhs_contracting: Sequence[int], rhs_contracting: Sequence[int], weight_operand: str,
-               rng, lhs_step, rhs_step) -> jax.Array:
-  lhs_fmt, rhs_fmt = ((config.activation, config.weight) if weight_operand == "rhs"
-                      else (config.weight, config.activation))
+               rng, lhs_step, rhs_step, quant_state=None) -> jax.Array:
+  lhs_role, rhs_role = ("activation", "weight") if weight_operand == "rhs" else ("weight",
+                                                                                "activation")
+  states = _check_quant_state(config, quant_state)
   k_lhs, k_rhs, k_grad = _split_rng(config, rng)
-  lhs = quantize_operand(lhs, lhs_fmt, lhs_contracting, key=k_lhs, step=lhs_step)
-  rhs = quantize_operand(rhs, rhs_fmt, rhs_contracting, key=k_rhs, step=rhs_step)
-  if config.gradient is None:
+  lhs = quantize_operand(lhs, getattr(config, lhs_role), lhs_contracting, key=k_lhs,
+                         step=lhs_step, state=states.get(lhs_role))
+  rhs = quantize_operand(rhs, getattr(config, rhs_role), rhs_contracting, key=k_rhs,
+                         step=rhs_step, state=states.get(rhs_role))
+  grad = config.gradient
+  if grad is None:
     return op(lhs, rhs)
-  return _with_quantized_cotangent(op, config.gradient)(lhs, rhs, k_grad)
+  if isinstance(grad, FP8Format) and grad.delayed:
+    return fp8.quantize_cotangent_delayed(op(lhs, rhs), states["gradient"], grad.dtype,
+                                          grad.margin, grad.pow2)
+  return _with_quantized_cotangent(op, grad)(lhs, rhs, k_grad)
 
 
 def _check_weight_operand(weight_operand: str) -> None:
@@ -236,18 +284,20 @@ def quantized_dot_general(config: QuantConfig, *, weight_operand: str = "rhs") -
 
   weight_operand: which operand is the weight ('rhs': x @ W, the default; 'lhs': W^T x as in a
   feature-major Dense). Extra keyword-only arguments: rng (a PRNG key, required when a format
-  rounds stochastically) and lhs_step / rhs_step (LSQ steps).
+  rounds stochastically), lhs_step / rhs_step (LSQ steps) and quant_state ({'weight' |
+  'activation' | 'gradient': fp8.init_delayed_state(H)} for the delayed-scaling fp8 formats).
   """
   _check_weight_operand(weight_operand)
 
   def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, *,
-                  out_sharding=None, rng=None, lhs_step=None, rhs_step=None):
+                  out_sharding=None, rng=None, lhs_step=None, rhs_step=None, quant_state=None):
     (lc, rc), _ = dimension_numbers
     kw = {} if out_sharding is None else {"out_sharding": out_sharding}
     op = functools.partial(jax.lax.dot_general, dimension_numbers=dimension_numbers,
                            precision=precision, preferred_element_type=preferred_element_type,
                            **kw)
-    return _quantized(config, op, lhs, rhs, lc, rc, weight_operand, rng, lhs_step, rhs_step)
+    return _quantized(config, op, lhs, rhs, lc, rc, weight_operand, rng, lhs_step, rhs_step,
+                      quant_state)
 
   return dot_general
 
@@ -260,7 +310,8 @@ def quantized_conv_general_dilated(config: QuantConfig) -> Callable:
   def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                            rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                            batch_group_count=1, precision=None, preferred_element_type=None, *,
-                           out_sharding=None, rng=None, lhs_step=None, rhs_step=None):
+                           out_sharding=None, rng=None, lhs_step=None, rhs_step=None,
+                           quant_state=None):
     dn = jax.lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers)
     kw = {} if out_sharding is None else {"out_sharding": out_sharding}
     op = functools.partial(
@@ -271,6 +322,6 @@ def quantized_conv_general_dilated(config: QuantConfig) -> Callable:
     lhs_contracting = (dn.lhs_spec[1],)  # the input-feature axis
     rhs_contracting = tuple(dn.rhs_spec[1:])  # input-feature and spatial axes
     return _quantized(config, op, lhs, rhs, lhs_contracting, rhs_contracting, "rhs", rng,
-                      lhs_step, rhs_step)
+                      lhs_step, rhs_step, quant_state)
 
   return conv_general_dilated

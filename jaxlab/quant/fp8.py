@@ -9,18 +9,30 @@ Scaling, x ~= scale * fp8(x / scale):
     previous H steps (`scale_from_history`), then this step's amax enters the history
     (`update_history`). Both are pure functions of a [H] float32 history per tensor.
 
-How a train state carries delayed scaling (not wired into the layers yet; `quantized_dot_general`
-supports current scaling only). The histories are a pytree next to the params, e.g.
-`TrainState.extra["fp8_history"] = {"block_0/mlp/up": {"lhs": h, "rhs": h, "grad": h}, ...}`
-made with `init_history(H)`. Each step: scales = tree_map(scale_from_history, histories); the
-forward pass fake-quantizes with those scales and returns every quantized tensor's amax
-(activations and weights from the forward, the output cotangent's from the backward, e.g. as
-the gradient of a dummy zero input); then histories = tree_map(update_history, histories, amaxes)
-goes into the new state. Nothing is mutable, so the step stays a pure jitted function.
+Delayed scaling inside the train state (`QuantConfig` with FP8Format(scaling="delayed")): a
+Dense / Conv keeps, per quantized tensor ('weight', 'activation', 'gradient' = the output
+cotangent), a state {"history": [H] float32, "probe": () float32 zero} in the Flax collection
+'quant_state' (`init_delayed_state`); the train state carries the collection in
+`TrainState.extra["quant_state"]`. Each step quantizes with scale_from_history(history) and must
+append this step's amax, but the gradient's amax exists only in the backward pass and the step
+must stay a pure function (no mutable collections inside `value_and_grad`). So every amax leaves
+the step the same way, as the cotangent of the tensor's zero `probe` (the overwrite-with-gradient
+idea of Flax's fp8 ops, here carrying the amax rather than the new history):
+  * weights / activations: `fp8_fake_quant_delayed` quantizes, then `report_amax` (identity in
+    the forward pass) returns amax(x) as the probe's cotangent in the backward pass;
+  * output gradient: `quantize_cotangent_delayed` (identity in the forward pass) quantizes the
+    incoming cotangent g with the gradient history's scale and returns amax(g) as the probe's
+    cotangent.
+The train step differentiates the loss with respect to (params, quant_state) and gets new
+histories from `next_delayed_states(quant_state, cotangents)` = update_history(history, probe
+cotangent). A layer applied twice in one step would add its two amaxes (an overestimate, so a
+safe scale); jaxlab's models apply each layer once. The first step uses scale 1 (empty history),
+as in Transformer Engine. Forward-only passes (eval) read the histories and change nothing.
 """
 
+import functools
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -121,3 +133,75 @@ def scale_from_history(history: jax.Array, fmt: str, *, margin: int = 0,
                        pow2: bool = False) -> jax.Array:
   """Delayed scaling: the scale from max(history) (see `scale_from_amax`)."""
   return scale_from_amax(jnp.max(history), fmt, margin=margin, pow2=pow2)
+
+
+def init_delayed_state(length: int) -> dict:
+  """One tensor's delayed-scaling state: {"history": zeros [length], "probe": zero scalar}."""
+  return {"history": init_history(length), "probe": jnp.zeros((), jnp.float32)}
+
+
+def is_delayed_state(x: Any) -> bool:
+  return isinstance(x, dict) and set(x) == {"history", "probe"}
+
+
+@jax.custom_vjp
+def report_amax(y: jax.Array, amax_value: jax.Array, probe: jax.Array) -> jax.Array:
+  """y in the forward pass; in the backward pass y's cotangent passes through and the probe's
+  cotangent is `amax_value` (how a forward amax leaves a differentiated step)."""
+  del amax_value, probe
+  return y
+
+
+def _report_amax_fwd(y, amax_value, probe):
+  del probe
+  return y, amax_value
+
+
+def _report_amax_bwd(amax_value, g):
+  return g, jnp.zeros_like(amax_value), amax_value
+
+
+report_amax.defvjp(_report_amax_fwd, _report_amax_bwd)
+
+
+def fp8_fake_quant_delayed(x: jax.Array, state: dict, fmt: str = "e4m3", *, margin: int = 0,
+                           pow2: bool = False, ste: str = "identity") -> jax.Array:
+  """Per-tensor fp8 fake quant of x with the scale from state["history"] (delayed scaling);
+  amax(x) comes back as the cotangent of state["probe"] (module docstring)."""
+  scale = scale_from_history(state["history"], fmt, margin=margin, pow2=pow2)
+  y = fp8_fake_quant(x, scale, fmt, ste=ste)
+  return report_amax(y, amax(x), state["probe"])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def quantize_cotangent_delayed(y: jax.Array, state: dict, fmt: str = "e5m2", margin: int = 0,
+                               pow2: bool = False) -> jax.Array:
+  """y in the forward pass; in the backward pass its cotangent g becomes
+  scale * fp8(g / scale) with scale = scale_from_history(state["history"]), and amax(g) is the
+  cotangent of state["probe"]."""
+  del state, fmt, margin, pow2
+  return y
+
+
+def _qcd_fwd(y, state, fmt, margin, pow2):
+  return y, state["history"]
+
+
+def _qcd_bwd(fmt, margin, pow2, history, g):
+  scale = scale_from_history(history, fmt, margin=margin, pow2=pow2)
+  gq = (fp8_quantize(g, scale, fmt).astype(jnp.float32) * scale).astype(g.dtype)
+  return gq, {"history": jnp.zeros_like(history), "probe": amax(g)}
+
+
+quantize_cotangent_delayed.defvjp(_qcd_fwd, _qcd_bwd)
+
+
+def next_delayed_states(states: Any, cotangents: Any) -> Any:
+  """The states after one step: every {"history", "probe"} node of `states` gets
+  update_history(history, the probe's cotangent) (this step's amax); probes stay 0.
+  `cotangents`: the gradient of the loss with respect to `states`."""
+
+  def step(s, c):
+    return {"history": update_history(s["history"], c["probe"]), "probe": s["probe"]}
+
+  return jax.tree.map(step, states, cotangents, is_leaf=is_delayed_state)

@@ -13,8 +13,17 @@ Named policies (`get(name)`):
   w4a8        int4 per-channel weights, int8 per-token activations;
   binary_w    XNOR-Net weights (sign * mean|W| per output channel), float activations;
   fp8         e4m3 weights and activations, e5m2 output gradients, per-tensor current scaling,
-              on every layer (first and readout included).
-The integer and binary policies keep the first layer and the readout in float (the usual QAT
+              on every layer (first and readout included);
+  fp8_delayed the same formats with delayed scaling (Transformer Engine's recipe: the scale of
+              each tensor from the max of its last 16 amaxes, `jaxlab.quant.fp8`); Dense / Conv
+              keep the histories in the 'quant_state' collection, which the train state
+              carries. The tied readout `Embed.attend` (path 'embed') has no state and keeps
+              current scaling;
+  lsq_w4a8    LSQ (Esser et al. 2020): 4-bit weights and 8-bit activations, both signed, each
+              with a learned per-tensor step (params 'weight_step' / 'activation_step', role
+              bias) initialised to 2 mean|x| / sqrt(Q_P) at init time (activations from the
+              batch given to init: the train loop passes the first training batch).
+The integer, binary and LSQ policies keep the first layer and the readout in float (the usual QAT
 practice since XNOR-Net and DoReFa): their first rule, FLOAT_LAYERS -> None, matches the layers
 that read the data (MLP 'dense_0', ResNet 'stem', ViT 'patch_embed', LM 'embed', whose `attend`
 is also the tied readout) and 'readout'. Names are those of the top-level models in
@@ -27,7 +36,7 @@ from typing import Any, Callable
 
 import jax
 
-from jaxlab.quant.config import (BinaryFormat, FP8Format, IntFormat, QuantConfig,
+from jaxlab.quant.config import (BinaryFormat, FP8Format, IntFormat, LSQFormat, QuantConfig,
                                  quantized_conv_general_dilated, quantized_dot_general)
 
 FLOAT_LAYERS = r"dense_0|stem|patch_embed|embed|readout"
@@ -53,6 +62,12 @@ class QuantPolicy:
       if config is not None and not isinstance(config, QuantConfig):
         raise ValueError(f"policy {self.name!r}: rule {pattern!r} maps to {config!r}; valid: a "
                          "QuantConfig or None (keep in float)")
+
+  @property
+  def needs_data_init(self) -> bool:
+    """Whether some layer initialises state from its input at init time (LSQ activation steps),
+    so init should see a real batch rather than a dummy input."""
+    return any(c is not None and isinstance(c.activation, LSQFormat) for _, c in self.rules)
 
   def config_for(self, module_path: str) -> Any | None:
     for pattern, config in self.rules:
@@ -84,6 +99,11 @@ def _integer_policy(name: str, config: QuantConfig) -> QuantPolicy:
 _INT8_W = IntFormat(bits=8, granularity="per_channel")
 _INT8_A = IntFormat(bits=8, granularity="per_token")
 _INT4_W = IntFormat(bits=4, granularity="per_channel")
+_FP8 = QuantConfig(weight=FP8Format("e4m3"), activation=FP8Format("e4m3"),
+                   gradient=FP8Format("e5m2"))
+_FP8_DELAYED = QuantConfig(weight=FP8Format("e4m3", scaling="delayed"),
+                           activation=FP8Format("e4m3", scaling="delayed"),
+                           gradient=FP8Format("e5m2", scaling="delayed"))
 
 NO_QUANT = QuantPolicy()
 
@@ -94,9 +114,11 @@ _REGISTRY = {
     "int4_w": _integer_policy("int4_w", QuantConfig(weight=_INT4_W)),
     "w4a8": _integer_policy("w4a8", QuantConfig(weight=_INT4_W, activation=_INT8_A)),
     "binary_w": _integer_policy("binary_w", QuantConfig(weight=BinaryFormat(scaled=True))),
-    "fp8": QuantPolicy(rules=((r".*", QuantConfig(weight=FP8Format("e4m3"),
-                                                  activation=FP8Format("e4m3"),
-                                                  gradient=FP8Format("e5m2"))),), name="fp8"),
+    "fp8": QuantPolicy(rules=((r".*", _FP8),), name="fp8"),
+    "fp8_delayed": QuantPolicy(rules=((r"embed", _FP8), (r".*", _FP8_DELAYED)),
+                               name="fp8_delayed"),
+    "lsq_w4a8": _integer_policy("lsq_w4a8", QuantConfig(weight=LSQFormat(bits=4),
+                                                        activation=LSQFormat(bits=8))),
 }
 
 

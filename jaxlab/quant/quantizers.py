@@ -200,10 +200,15 @@ def lsq_bounds(bits: int, signed: bool = True) -> tuple[int, int]:
   return 0, 2 ** bits - 1
 
 
-def lsq_init_step(x: jax.Array, bits: int, signed: bool = True) -> jax.Array:
-  """Initial step s = 2 <|v|> / sqrt(Q_P) (Esser et al. 2020, Sec. 2.1)."""
+def lsq_init_step(x: jax.Array, bits: int, signed: bool = True,
+                  default_mean_abs: float | None = None) -> jax.Array:
+  """Initial step s = 2 <|v|> / sqrt(Q_P) (Esser et al. 2020, Sec. 2.1). default_mean_abs, if
+  given, replaces <|v|> when it is 0 (an all-zero, shape-only init input)."""
   _, qp = lsq_bounds(bits, signed)
-  return 2 * jnp.mean(jnp.abs(x)) / math.sqrt(qp)
+  mean_abs = jnp.mean(jnp.abs(jax.lax.stop_gradient(x))).astype(jnp.float32)
+  if default_mean_abs is not None:
+    mean_abs = jnp.where(mean_abs > 0, mean_abs, jnp.float32(default_mean_abs))
+  return 2 * mean_abs / math.sqrt(qp)
 
 
 @jax.custom_vjp

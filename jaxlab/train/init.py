@@ -9,8 +9,9 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxlab import models, optim, param, quant
+from jaxlab import models, optim, param, quant, sharding
 from jaxlab.sharding import rules
+from jaxlab.train import tasks
 from jaxlab.train.state import TrainState
 
 
@@ -28,8 +29,11 @@ def build_model(config: ml_collections.ConfigDict, spec: Any) -> nn.Module:
     options["zero_readout"] = True
   p = param.get(config.parametrization, **options)
   p = p.resolve(models.width_of(model_cfg), models.depth_of(model_cfg))
-  return models.build(model_cfg, parametrization=p,
-                      quant=quant.get(config.quant))
+  try:
+    policy = quant.get(config.quant)
+  except ValueError as e:
+    raise ValueError(f"config.quant={config.quant!r}: {e}") from None
+  return models.build(model_cfg, parametrization=p, quant=policy)
 
 
 def param_info_of(model: nn.Module, example: jax.Array) -> Any:
@@ -58,20 +62,40 @@ def dummy_input(spec: Any, seq_len: int = 0) -> jax.Array:
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, example: jax.Array,
                seed: int, mesh: Mesh) -> tuple[TrainState, Any]:
-  """(state, state_shardings): every array is created directly in its shards."""
+  """(state, state_shardings): every array is created directly in its shards. `example` is the
+  model input init sees (a dummy, or a real batch for data-dependent init: `init_inputs`).
+  Quantization state of the model (fp8 delayed-scaling histories) goes to
+  state.extra['quant_state']; without it extra stays {}."""
   rng = jax.random.PRNGKey(seed)
   init_rng, state_rng = jax.random.split(rng)
   abstract = jax.eval_shape(lambda r: model.init(r, example), init_rng)["params"]
   shardings = rules.param_shardings(abstract, mesh)
 
-  def make(r):
-    params = param.unbox(model.init(r, example)["params"])
+  def make(r, example):
+    variables = model.init(r, example)
+    params = param.unbox(variables["params"])
+    extra = {quant.QUANT_STATE: variables[quant.QUANT_STATE]} if (
+        quant.QUANT_STATE in variables) else {}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=state_rng)
+                      rng=state_rng, extra=extra)
 
-  state_shardings = _state_shardings(jax.eval_shape(make, init_rng), shardings, tx, mesh)
-  state = jax.jit(make, out_shardings=state_shardings)(init_rng)
+  state_shardings = _state_shardings(jax.eval_shape(make, init_rng, example), shardings, tx,
+                                     mesh)
+  state = jax.jit(make, out_shardings=state_shardings)(init_rng, example)
   return state, state_shardings
+
+
+def init_inputs(model: nn.Module, example: jax.Array, train_iter: Any, task: str,
+                mesh: Mesh) -> jax.Array:
+  """What init should see: `example`, or the inputs of the first training batch when the
+  model's quantization policy initialises from data (LSQ activation steps). The iterator is
+  rewound, so training still starts from that batch."""
+  if not model.quant.needs_data_init:
+    return example
+  start = train_iter.get_state()
+  batch = sharding.shard_batch(next(train_iter), mesh)
+  train_iter.set_state(start)
+  return tasks.model_inputs(batch, task)
 
 
 def _state_shardings(abstract: TrainState, param_shardings: Any, tx: optax.GradientTransformation,

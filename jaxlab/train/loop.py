@@ -18,9 +18,10 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from jaxlab import data, sharding
+from jaxlab import data, quant, sharding
 from jaxlab.train import checkpoint, step as step_lib, tasks
-from jaxlab.train.init import build_model, dummy_input, init_state, make_tx, param_info_of
+from jaxlab.train.init import (build_model, dummy_input, init_inputs, init_state, make_tx,
+                               param_info_of)
 from jaxlab.train.metrics import MetricsWriter
 
 SYNC_EVERY = 10  # wait for the device at least this often (8 simulated CPU devices need it)
@@ -73,8 +74,9 @@ def evaluate(state, config, model, mesh) -> dict[str, float]:
   for batch in data.eval_batches(config.data, batch_size=config.eval_batch_size,
                                  max_batches=max_batches):
     batch = sharding.shard_batch(batch, mesh)
-    sums = step_lib.sum_trees(sums, step_lib.eval_step(state.params, batch, model=model,
-                                                       task=config.data.task))
+    sums = step_lib.sum_trees(sums, step_lib.eval_step(
+        state.params, batch, model=model, task=config.data.task,
+        quant_state=state.extra.get(quant.QUANT_STATE)))
   return tasks.finish_eval(jax.device_get(sums))
 
 
@@ -109,11 +111,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   example = dummy_input(spec, config.data.get("seq_len", 0))
   tx = make_tx(config, model, param_info_of(model, example))
   task = config.data.task
-  state, state_shardings = init_state(model, tx, example, config.seed, mesh)
+  train_iter = data.make_train_iterator(config.data, batch_size=config.batch_size, seed=config.seed)
+  state, state_shardings = init_state(
+      model, tx, init_inputs(model, example, train_iter, task, mesh), config.seed, mesh)
   state_sharding = step_lib.Static(state_shardings)
 
   manager = checkpoint.make_manager(workdir, max_to_keep=config.max_to_keep)
-  train_iter = data.make_train_iterator(config.data, batch_size=config.batch_size, seed=config.seed)
   restored = checkpoint.restore_latest(manager, state)
   last_ckpt = None
   if restored is not None:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlab import quant
 from jaxlab.train import stats, tasks
 from jaxlab.train.state import TrainState
 
@@ -43,15 +44,29 @@ def train_step(
     with_stats: bool = False,
     state_sharding: Static | None = None,
 ) -> tuple[TrainState, dict]:
-  """One optimizer update. Returns the new state and scalar metrics (+ per-layer rms)."""
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  """One optimizer update. Returns the new state and scalar metrics (+ per-layer rms).
 
-  def loss_fn(params):
-    logits = model.apply({"params": params}, tasks.model_inputs(batch, task), train=True,
+  With fp8 delayed scaling (state.extra['quant_state']) the loss is also differentiated with
+  respect to the quantization state: the cotangents of its zero probes are this step's amaxes,
+  which enter the new amax histories (jaxlab.quant.fp8)."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  quant_state = state.extra.get(quant.QUANT_STATE)
+
+  def loss_fn(params, quant_state):
+    variables = {"params": params}
+    if quant_state is not None:
+      variables[quant.QUANT_STATE] = quant_state
+    logits = model.apply(variables, tasks.model_inputs(batch, task), train=True,
                          rngs={"dropout": dropout_rng})
     return tasks.loss_and_metrics(logits, batch, task)
 
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  extra = state.extra
+  if quant_state is None:
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, None)
+  else:
+    (_, metrics), (grads, probes) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        state.params, quant_state)
+    extra = {**extra, quant.QUANT_STATE: quant.fp8.next_delayed_states(quant_state, probes)}
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
@@ -60,14 +75,19 @@ def train_step(
     metrics.update(stats.per_layer_rms(state.params, "rms_params"))
     metrics.update(stats.per_layer_rms(grads, "rms_grads"))
     metrics.update(stats.per_layer_rms(updates, "rms_updates"))
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra)
   return _constrain(new_state, state_sharding), metrics
 
 
 @functools.partial(jax.jit, static_argnames=("model", "task"))
-def eval_step(params: Any, batch: dict, *, model: nn.Module, task: str) -> dict:
-  """Masked sums of loss / correct / count over one eval batch."""
-  logits = model.apply({"params": params}, tasks.model_inputs(batch, task), train=False)
+def eval_step(params: Any, batch: dict, *, model: nn.Module, task: str,
+              quant_state: Any = None) -> dict:
+  """Masked sums of loss / correct / count over one eval batch (quant_state: the fp8
+  delayed-scaling histories, read but not updated)."""
+  variables = {"params": params}
+  if quant_state is not None:
+    variables[quant.QUANT_STATE] = quant_state
+  logits = model.apply(variables, tasks.model_inputs(batch, task), train=False)
   return tasks.eval_sums(logits, batch, task)
 
 
