@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from pallas_kernels._checks import positive_int
 from pallas_kernels.depthwise_conv import pallas, reference
 
 IMPLEMENTATIONS = ("pallas", "pallas_interpret", "xla")
@@ -24,14 +25,6 @@ DTYPES = (jnp.float32, jnp.bfloat16)
 
 def default_implementation() -> str:
   return "pallas" if jax.default_backend() == "tpu" else "xla"
-
-
-def _positive_int(name, value):
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-    raise ValueError(f"{name} must be None or a positive int; got {value!r}")
-  return int(value)
 
 
 def _check_common(x, w, ndim: int, implementation):
@@ -102,8 +95,8 @@ def depthwise_conv1d(x: jax.Array, w: jax.Array, *, causal: bool = True,
   x, w = _check_common(x, w, 1, implementation)
   if not isinstance(causal, (bool, np.bool_)):
     raise ValueError(f"causal must be a Python bool; got {causal!r}")
-  block_l = _positive_int("block_l", block_l)
-  block_c = _positive_int("block_c", block_c)
+  block_l = positive_int("block_l", block_l)
+  block_c = positive_int("block_c", block_c)
   K = w.shape[0]
   impl = _resolve(implementation, x, w, block_l, block_c, block_name="block_l", need=K - 1,
                   align=pallas.SUBLANES, default_block=pallas.default_block_l(x.shape[1], K))
@@ -168,8 +161,8 @@ def depthwise_conv2d(x: jax.Array, w: jax.Array, *, padding="SAME",
   if min(out) < 1:
     raise ValueError(f"kernel {(kh, kw)} does not fit the padded input {x.shape[1:3]} + "
                      f"padding {pads} (output would be {out})")
-  block_h = _positive_int("block_h", block_h)
-  block_c = _positive_int("block_c", block_c)
+  block_h = positive_int("block_h", block_h)
+  block_c = positive_int("block_c", block_c)
   impl = _resolve(implementation, x, w, block_h, block_c, block_name="block_h", need=kh - 1,
                   align=1, default_block=pallas.default_block_h(out[0], kh))
   if impl == "xla":

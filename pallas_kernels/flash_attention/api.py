@@ -9,13 +9,12 @@ a valid call the compiled kernels cannot run (e.g. no accelerator, a TPU VMEM li
 "xla_chunked" instead and logs why (absl logging, warning level).
 """
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from pallas_kernels._checks import positive_int
 from pallas_kernels.flash_attention import chunked, pallas, reference
 
 IMPLEMENTATIONS = ("pallas", "pallas_interpret", "xla", "xla_chunked")
@@ -40,14 +39,6 @@ def _static_number(name, value, *, positive: bool):
     raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number; "
                      f"got {value}")
   return value
-
-
-def _positive_int(name, value):
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-    raise ValueError(f"{name} must be None or a positive int; got {value!r}")
-  return int(value)
 
 
 def _segments(segment_ids, B, Lq, Lk):
@@ -124,11 +115,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
   if not isinstance(causal, (bool, np.bool_)):
     raise ValueError(f"causal must be a Python bool; got {causal!r}")
   q_seg, kv_seg = _segments(segment_ids, B, Lq, Lk)
-  window = _positive_int("window", window)
+  window = positive_int("window", window)
   softcap = None if softcap is None else _static_number("softcap", softcap, positive=True)
   scale = None if scale is None else _static_number("scale", scale, positive=False)
-  block_q = _positive_int("block_q", block_q)
-  block_k = _positive_int("block_k", block_k)
+  block_q = positive_int("block_q", block_q)
+  block_k = positive_int("block_k", block_k)
   kw = dict(causal=bool(causal), q_segment_ids=q_seg, kv_segment_ids=kv_seg, window=window,
             softcap=softcap, scale=scale)
 

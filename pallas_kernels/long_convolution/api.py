@@ -9,12 +9,11 @@ arguments raise ValueError; a valid call the compiled kernels cannot run (no TPU
 runs "fft" instead and logs why (absl logging, warning level).
 """
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 from absl import logging
 
+from pallas_kernels._checks import positive_int
 from pallas_kernels.long_convolution import fft, pallas, reference
 
 IMPLEMENTATIONS = ("fft", "pallas", "pallas_interpret", "xla")
@@ -23,14 +22,6 @@ DTYPES = (jnp.float32, jnp.bfloat16)
 
 def default_implementation() -> str:
   return "pallas" if jax.default_backend() == "tpu" else "fft"
-
-
-def _positive_int(name, value):
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-    raise ValueError(f"{name} must be None or a positive int; got {value!r}")
-  return int(value)
 
 
 def long_conv(u: jax.Array, k: jax.Array, *, implementation: str | None = None,
@@ -68,8 +59,8 @@ def long_conv(u: jax.Array, k: jax.Array, *, implementation: str | None = None,
                      "taps beyond the sequence never reach an output; slice k to the length")
   if not u.dtype == k.dtype or u.dtype not in DTYPES:
     raise ValueError(f"u and k must both be float32 or both bfloat16; got {u.dtype}, {k.dtype}")
-  block = _positive_int("block", block)
-  block_c = _positive_int("block_c", block_c)
+  block = positive_int("block", block)
+  block_c = positive_int("block_c", block_c)
 
   impl = implementation or default_implementation()
   if impl in ("pallas", "pallas_interpret"):
