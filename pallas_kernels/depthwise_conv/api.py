@@ -1,6 +1,8 @@
 """pallas_kernels.depthwise_conv: 1-D causal and 2-D large-kernel depthwise convolutions.
 
-  "xla"              reference.py: lax.conv_general_dilated with feature_group_count = C.
+  "xla"              shift_add.py: sums of shifted, per-channel-scaled inputs (fuses into one
+                     loop on CPU, where XLA's grouped convolution is slow).
+reference.py (lax.conv_general_dilated, feature_group_count = C) is the oracle of the tests.
   "pallas"           pallas.py: Pallas kernels (forward, dx, dw) compiled for the TPU.
   "pallas_interpret" the same kernels in the Pallas interpreter (any backend; used by tests).
 None picks "pallas" on TPU and "xla" elsewhere (on GPU, XLA calls cuDNN's depthwise
@@ -17,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from pallas_kernels._checks import positive_int
-from pallas_kernels.depthwise_conv import pallas, reference
+from pallas_kernels.depthwise_conv import pallas, reference, shift_add
 
 IMPLEMENTATIONS = ("pallas", "pallas_interpret", "xla")
 DTYPES = (jnp.float32, jnp.bfloat16)
@@ -101,7 +103,7 @@ def depthwise_conv1d(x: jax.Array, w: jax.Array, *, causal: bool = True,
   impl = _resolve(implementation, x, w, block_l, block_c, block_name="block_l", need=K - 1,
                   align=pallas.SUBLANES, default_block=pallas.default_block_l(x.shape[1], K))
   if impl == "xla":
-    return reference.depthwise_conv1d(x, w, causal=bool(causal))
+    return shift_add.depthwise_conv1d(x, w, causal=bool(causal))
   return pallas.depthwise_conv1d(x, w, causal=bool(causal), block_l=block_l, block_c=block_c,
                                  interpret=impl == "pallas_interpret")
 
@@ -166,6 +168,6 @@ def depthwise_conv2d(x: jax.Array, w: jax.Array, *, padding="SAME",
   impl = _resolve(implementation, x, w, block_h, block_c, block_name="block_h", need=kh - 1,
                   align=1, default_block=pallas.default_block_h(out[0], kh))
   if impl == "xla":
-    return reference.depthwise_conv2d(x, w, padding=pads)
+    return shift_add.depthwise_conv2d(x, w, padding=pads)
   return pallas.depthwise_conv2d(x, w, padding=pads, block_h=block_h, block_c=block_c,
                                  interpret=impl == "pallas_interpret")

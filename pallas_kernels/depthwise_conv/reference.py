@@ -1,5 +1,5 @@
 """Depthwise convolutions in plain XLA (lax.conv_general_dilated with feature_group_count = C):
-the reference every kernel in this folder is tested against, and the "xla" implementation.
+the reference every implementation in this folder is tested against.
 
 Conventions shared by every implementation in this folder:
   * 1-D, x [B, L, C], w [K, C]. Tap order: w[k] multiplies the sample k steps in the past,

@@ -1,10 +1,14 @@
 """pallas_kernels.flash_attention: one signature, four implementations.
 
-  "xla"              reference.py: plain XLA, materialises the [B, H, Lq, Lk] logits.
+  "xla"              dense.py: plain XLA with a hand-written VJP, materialises the
+                     [B, H, Lq, Lk] logits (with softcap: reference.py, plain autodiff).
   "xla_chunked"      chunked.py: FlashAttention-2's algorithm in XLA loops, O(seq) memory.
   "pallas"           pallas.py: FlashAttention kernels compiled for the GPU/TPU.
   "pallas_interpret" the same kernels in the Pallas interpreter (any backend; used by tests).
-None picks "pallas" on GPU/TPU and "xla_chunked" elsewhere. Invalid arguments raise ValueError;
+reference.py is the plain-autodiff oracle every implementation is tested against.
+None picks "pallas" on GPU/TPU; elsewhere "xla" while the logits have at most
+dense.DENSE_MAX_LOGITS elements (batch * heads * q_len * kv_len; 128 MiB in f32) and
+"xla_chunked" beyond. Invalid arguments raise ValueError;
 a valid call the compiled kernels cannot run (e.g. no accelerator, a TPU VMEM limit) runs
 "xla_chunked" instead and logs why (absl logging, warning level).
 """
@@ -14,31 +18,19 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from pallas_kernels._checks import positive_int
-from pallas_kernels.flash_attention import chunked, pallas, reference
+from pallas_kernels._checks import positive_int, static_number as _static_number
+from pallas_kernels.flash_attention import chunked, dense, pallas, reference
 
 IMPLEMENTATIONS = ("pallas", "pallas_interpret", "xla", "xla_chunked")
 DTYPES = (jnp.float32, jnp.bfloat16)
 
 
-def default_implementation() -> str:
-  return "pallas" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "xla_chunked"
-
-
-def _static_number(name, value, *, positive: bool):
-  """float(value) for a Python/numpy scalar or concrete 0-d array; ValueError for traced ones
-  (the kernels bake the value in at trace time)."""
-  try:
-    if isinstance(value, bool) or np.ndim(value) != 0:
-      raise TypeError
-    value = float(value)
-  except TypeError:  # includes jax.errors.ConcretizationTypeError
-    raise ValueError(f"{name} must be a static Python number (not a traced or batched "
-                     f"array); got {value!r}") from None
-  if not np.isfinite(value) or (positive and value <= 0):
-    raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number; "
-                     f"got {value}")
-  return value
+def default_implementation(num_logits: int | None = None) -> str:
+  """What implementation=None runs for logits of `num_logits` elements (None: long sequences)."""
+  if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu"):
+    return "pallas"
+  dense_fits = num_logits is not None and num_logits <= dense.DENSE_MAX_LOGITS
+  return "xla" if dense_fits else "xla_chunked"
 
 
 def _segments(segment_ids, B, Lq, Lk):
@@ -67,8 +59,9 @@ def _segments(segment_ids, B, Lq, Lk):
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
               segment_ids=None, window: int | None = None, softcap: float | None = None,
-              scale: float | None = None, implementation: str | None = None,
-              block_q: int | None = None, block_k: int | None = None) -> jax.Array:
+              scale: float | None = None, mask: jax.Array | None = None,
+              implementation: str | None = None, block_q: int | None = None,
+              block_k: int | None = None) -> jax.Array:
   """softmax(mask(softcap(scale * q k^T))) v, the attention of FlashAttention (Dao et al. 2022).
 
   Args:
@@ -83,6 +76,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
     window: sliding window w >= 1: causal -> i - w < j <= i; non-causal -> |i - j| < w.
     softcap: logits -> softcap * tanh(logits / softcap) (after scaling).
     scale: logit scale, default 1 / sqrt(head_dim) (as jax.nn.dot_product_attention).
+    mask: optional boolean, True = attend, broadcastable to [batch, heads, q_len, kv_len]
+      (e.g. key padding [batch, 1, 1, kv_len]); "xla" only (None then picks "xla").
     implementation: None, "pallas", "pallas_interpret", "xla" or "xla_chunked" (module
       docstring).
     block_q, block_k: tile sizes for the blocked implementations (None: their default; see
@@ -122,8 +117,19 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
   block_k = positive_int("block_k", block_k)
   kw = dict(causal=bool(causal), q_segment_ids=q_seg, kv_segment_ids=kv_seg, window=window,
             softcap=softcap, scale=scale)
+  if mask is not None:
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_ or mask.ndim > 4:
+      raise ValueError(f"mask must be boolean, broadcastable to [batch, heads, q_len, kv_len]; "
+                       f"got {mask.dtype}{list(mask.shape)}")
+    jnp.broadcast_shapes(mask.shape, (B, H, Lq, Lk))
+    if implementation not in (None, "xla"):
+      raise ValueError(f"mask is supported by implementation='xla' only (got "
+                       f"{implementation!r}); the blocked paths take causal / window / "
+                       "segment_ids")
 
-  impl = implementation or default_implementation()
+  impl = implementation or ("xla" if mask is not None
+                            else default_implementation(B * H * Lq * Lk))
   if impl in ("pallas", "pallas_interpret"):
     interpret = impl == "pallas_interpret"
     reason = pallas.unsupported_reason(q.shape, k.shape, q.dtype, interpret=interpret,
@@ -140,4 +146,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
     impl = "xla_chunked"
   if impl == "xla_chunked":
     return chunked.attention(q, k, v, block_q=block_q, block_k=block_k, **kw)
-  return reference.attention(q, k, v, **kw)
+  if softcap is not None:
+    return reference.attention(q, k, v, **kw)
+  del kw["softcap"]
+  return dense.attention(q, k, v, mask=mask, **kw)

@@ -1,6 +1,7 @@
-"""pallas_kernels.depthwise_conv: the Pallas kernels (interpret mode) against the XLA reference
-(values and dx, dw through jax.vjp with a random cotangent), the "xla" path against independent
-numpy loops (which pins the tap order), causality, argument errors and the CPU fallback.
+"""pallas_kernels.depthwise_conv: the "xla" shift-and-add path and the Pallas kernels (interpret
+mode) against the grouped-convolution reference (values and dx, dw through jax.vjp with a random
+cotangent), the "xla" path against independent numpy loops (which pins the tap order),
+causality, argument errors and the CPU fallback.
 
 Tolerances: |x - ref| <= tol * |ref| + tol * max|ref| elementwise, tol = 1e-5 for float32 and
 2e-2 for bfloat16 (both sides compute in float32 from the same bf16 inputs; the outputs and
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 import pallas_kernels
-from pallas_kernels.depthwise_conv import api
+from pallas_kernels.depthwise_conv import api, reference
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
@@ -67,17 +68,17 @@ def _assert_close(actual, expected, tol, what):
   np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
 
 
-def _check_against_reference(fn, blocks, x, w, dy, tol, what):
-  expected = _value_and_grads(lambda x, w: fn(x, w, implementation="xla"), x, w, dy)
-  actual = _value_and_grads(lambda x, w: fn(x, w, implementation="pallas_interpret", **blocks),
-                            x, w, dy)
-  for name, a, e in zip(("y", "dx", "dw"), actual, expected):
-    assert a.shape == e.shape and a.dtype == e.dtype, name
-    _assert_close(a, e, tol, f"{name} {what}")
+def _check_against_reference(fn, ref_fn, blocks, x, w, dy, tol, what):
+  expected = _value_and_grads(ref_fn, x, w, dy)
+  for impl, kw in (("xla", {}), ("pallas_interpret", blocks)):
+    actual = _value_and_grads(lambda x, w: fn(x, w, implementation=impl, **kw), x, w, dy)
+    for name, a, e in zip(("y", "dx", "dw"), actual, expected):
+      assert a.shape == e.shape and a.dtype == e.dtype, name
+      _assert_close(a, e, tol, f"{impl} {name} {what}")
 
 
 @pytest.mark.parametrize("case", CASES_1D, ids=_ids(CASES_1D))
-def test_conv1d_pallas_matches_reference_values_and_gradients(case):
+def test_conv1d_implementations_match_reference_values_and_gradients(case):
   rng = np.random.default_rng(len(str(case)))
   dtype = case.get("dtype", jnp.float32)
   B, L, C, K = case["B"], case["L"], case["C"], case["K"]
@@ -86,12 +87,13 @@ def test_conv1d_pallas_matches_reference_values_and_gradients(case):
   blocks = {k: case[k] for k in ("block_l", "block_c") if k in case}
   causal = case.get("causal", True)
   _check_against_reference(
-      lambda x, w, **kw: pallas_kernels.depthwise_conv1d(x, w, causal=causal, **kw), blocks,
-      x, w, dy, TOL[dtype], str(case))
+      lambda x, w, **kw: pallas_kernels.depthwise_conv1d(x, w, causal=causal, **kw),
+      lambda x, w: reference.depthwise_conv1d(x, w, causal=causal), blocks, x, w, dy, TOL[dtype],
+      str(case))
 
 
 @pytest.mark.parametrize("case", CASES_2D, ids=_ids(CASES_2D))
-def test_conv2d_pallas_matches_reference_values_and_gradients(case):
+def test_conv2d_implementations_match_reference_values_and_gradients(case):
   rng = np.random.default_rng(len(str(case)))
   dtype = case.get("dtype", jnp.float32)
   B, H, W, C = case["B"], case["H"], case["W"], case["C"]
@@ -99,7 +101,9 @@ def test_conv2d_pallas_matches_reference_values_and_gradients(case):
   fn = lambda x, w, **kw: pallas_kernels.depthwise_conv2d(x, w, padding=case["padding"], **kw)
   dy = _normal(rng, jax.eval_shape(lambda: fn(x, w, implementation="xla")).shape, dtype)
   blocks = {k: case[k] for k in ("block_h", "block_c") if k in case}
-  _check_against_reference(fn, blocks, x, w, dy, TOL[dtype], str(case))
+  pads = api._explicit_padding(case["padding"], case["k"])
+  _check_against_reference(fn, lambda x, w: reference.depthwise_conv2d(x, w, padding=pads),
+                           blocks, x, w, dy, TOL[dtype], str(case))
 
 
 def _numpy_conv1d(x, w, causal):
@@ -228,4 +232,5 @@ def test_cpu_defaults_to_xla_and_compiled_pallas_falls_back_with_a_logged_reason
         x, w)
   assert "falling back from 'pallas' to 'xla'" in caplog.text
   assert "need a TPU" in caplog.text
-  np.testing.assert_array_equal(out, pallas_kernels.depthwise_conv2d(x, w, implementation="xla"))
+  np.testing.assert_allclose(out, pallas_kernels.depthwise_conv2d(x, w, implementation="xla"),
+                             rtol=1e-6, atol=1e-6)

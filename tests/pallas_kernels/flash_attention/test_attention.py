@@ -1,6 +1,7 @@
-"""pallas_kernels.flash_attention: every implementation against the XLA reference (values and dq, dk,
-dv), the reference against a naive numpy loop, masking edge cases, the block-skipping ranges,
-argument errors, the Pallas fallback, and linear memory of the chunked path.
+"""pallas_kernels.flash_attention: every implementation against the plain-autodiff reference
+(reference.py; values and dq, dk, dv), the reference against a naive numpy loop, masking edge
+cases, the block-skipping ranges, argument errors, the Pallas fallback, and linear memory of the
+chunked path.
 
 Tolerances: |x - ref| <= tol * |ref| + tol * max|ref| elementwise (relative to each entry and to
 the tensor's scale), tol = 1e-5 for float32 and 2e-2 for bfloat16 (the reference computes in f32
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 import pallas_kernels
-from pallas_kernels.flash_attention import api, chunked, reference
+from pallas_kernels.flash_attention import api, chunked, dense, reference
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
@@ -35,6 +36,7 @@ CASES = [
     dict(causal=True, gqa=True, dtype=jnp.bfloat16),
     dict(window=5, segments=True, softcap=4.0, dtype=jnp.bfloat16),
     dict(causal=True, segments=True, gqa=True, scale=0.3, dtype=jnp.bfloat16),
+    dict(causal=True, window=3, segments=True, scale=0.5),
 ]
 
 
@@ -90,13 +92,25 @@ def _assert_close(actual, expected, tol, what):
 def _expected(index):
   """Reference output and gradients of case `index` (shared by both implementations' tests)."""
   (q, k, v, do), kw, _, _ = _make_case(index, CASES[index])
-  return _value_and_grads(lambda q, k, v: pallas_kernels.attention(
-      q, k, v, implementation="xla", **kw), q, k, v, do)
+  kw = dict(kw)
+  seg = kw.pop("segment_ids", None)
+  if seg is not None:
+    kw["q_segment_ids"], kw["kv_segment_ids"] = seg if isinstance(seg, tuple) else (seg, seg)
+  return _value_and_grads(functools.partial(reference.attention, **kw), q, k, v, do)
 
 
-@pytest.mark.parametrize("implementation", ["xla_chunked", "pallas_interpret"])
-@pytest.mark.parametrize("index", range(len(CASES)), ids=lambda i: "-".join(
-    f"{k}={getattr(v, '__name__', v)}" for k, v in CASES[i].items()) or "plain")
+def _case_id(i):
+  return "-".join(f"{k}={getattr(v, '__name__', v)}" for k, v in CASES[i].items()) or "plain"
+
+
+# "xla" is the dense hand-VJP path (dense.py) except with softcap, where it is the reference.
+_IMPLEMENTATION_CASES = [
+    pytest.param(impl, i, id=f"{impl}-{_case_id(i)}")
+    for impl in ("xla", "xla_chunked", "pallas_interpret") for i in range(len(CASES))
+    if not (impl == "xla" and CASES[i].get("softcap"))]
+
+
+@pytest.mark.parametrize("implementation,index", _IMPLEMENTATION_CASES)
 def test_matches_reference_values_and_gradients(index, implementation):
   (q, k, v, do), kw, blocks, tol = _make_case(index, CASES[index])
   expected = _expected(index)
@@ -234,8 +248,11 @@ def test_traced_scale_is_rejected():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the fallback is CPU-specific")
-def test_cpu_defaults_to_chunked_and_compiled_pallas_falls_back_with_a_logged_reason(caplog):
+def test_cpu_defaults_to_dense_then_chunked_and_compiled_pallas_falls_back_with_a_logged_reason(
+    caplog):
   assert api.default_implementation() == "xla_chunked"
+  assert api.default_implementation(16 * 4 * 256 * 256) == "xla"
+  assert api.default_implementation(dense.DENSE_MAX_LOGITS + 1) == "xla_chunked"
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(1, 10, 2, 8)), jnp.float32)
   with caplog.at_level(logging.WARNING):
