@@ -1,7 +1,8 @@
 """Models built only from `jaxlab.models.layers` (every parameter carries ParamMeta).
 
-`build(model_cfg)` turns a config {'name': 'mlp'|'resnet'|'vit'|'transformer', **attributes}
-into a Flax module; parametrization and quantization policy are passed separately.
+`build(model_cfg)` turns a config {'name': 'mlp'|'resnet'|'vit'|'transformer'|'convnext'|
+'longconv', **attributes} into a Flax module; parametrization and quantization policy are passed
+separately.
 """
 
 import dataclasses
@@ -11,8 +12,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxlab.models.layers import (LOGICAL_AXES, Attention, Conv, Dense, Embed, FeedForward,
-                                  LayerNorm, PositionEmbedding, Readout, RMSNorm,
-                                  dot_product_attention, num_params)
+                                  LayerNorm, PositionEmbedding, Readout, RMSNorm, num_params)
+from jaxlab.models.convnext import ConvNeXt, ConvNeXtBlock
+from jaxlab.models.longconv import LongConvBlock, LongConvLM
 from jaxlab.models.mlp import MLP
 from jaxlab.models.resnet import BasicBlock, ResNet
 from jaxlab.models.rope import apply_rope
@@ -22,7 +24,8 @@ from jaxlab.param.base import SP, Parametrization
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 
 MODELS: dict[str, type[nn.Module]] = {
-    "mlp": MLP, "resnet": ResNet, "vit": ViT, "transformer": TransformerLM}
+    "mlp": MLP, "resnet": ResNet, "vit": ViT, "transformer": TransformerLM, "convnext": ConvNeXt,
+    "longconv": LongConvLM}
 
 # Fields every module has that do not come from the model config.
 _NOT_CONFIG = ("parent", "name", "parametrization", "quant")
@@ -64,18 +67,20 @@ def build(model_cfg: Mapping[str, Any], *, parametrization: Parametrization | No
 
 
 __all__ = [
-    "LOGICAL_AXES", "MODELS", "Attention", "BasicBlock", "Block", "Conv", "Dense", "Embed",
-    "FeedForward", "LayerNorm", "MLP", "PositionEmbedding", "RMSNorm", "Readout", "ResNet",
-    "TransformerLM", "ViT", "apply_rope", "build", "config_keys", "dot_product_attention",
-    "num_params"]
+    "LOGICAL_AXES", "MODELS", "Attention", "BasicBlock", "Block", "Conv", "ConvNeXt",
+    "ConvNeXtBlock", "Dense", "Embed", "FeedForward", "LayerNorm", "LongConvBlock", "LongConvLM",
+    "MLP", "PositionEmbedding", "RMSNorm", "Readout", "ResNet", "TransformerLM", "ViT",
+    "apply_rope", "build", "config_keys", "num_params"]
 
 
-WIDTH_KEYS = {"mlp": "hidden_widths", "resnet": "width", "vit": "dim", "transformer": "d_model"}
+WIDTH_KEYS = {"mlp": "hidden_widths", "resnet": "width", "vit": "dim", "transformer": "d_model",
+              "convnext": "widths", "longconv": "d_model"}
 
 
 def width_of(model_cfg: Mapping[str, Any]) -> int:
-  """The width a parametrization's width multiplier refers to: d_model (transformer), dim (ViT),
-  width (ResNet; stages are 1x/2x/4x of it), the first hidden width (MLP)."""
+  """The width a parametrization's width multiplier refers to: d_model (transformer, longconv),
+  dim (ViT), width (ResNet; stages are 1x/2x/4x of it), the first hidden width (MLP), the first
+  stage's width (ConvNeXt)."""
   cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
   kind = cfg.get("name")
   if kind not in WIDTH_KEYS:
@@ -86,16 +91,19 @@ def width_of(model_cfg: Mapping[str, Any]) -> int:
 
 
 def depth_of(model_cfg: Mapping[str, Any]) -> int:
-  """Number of residual blocks (depth-muP's L): num_layers (transformer), depth (ViT),
-  3 * blocks_per_stage (ResNet); number of hidden layers for the MLP (no residual branches)."""
+  """Number of residual blocks (depth-muP's L): num_layers (transformer, longconv), depth (ViT),
+  3 * blocks_per_stage (ResNet), sum(depths) (ConvNeXt); number of hidden layers for the MLP (no
+  residual branches)."""
   cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
   kind = cfg.get("name")
   if kind not in MODELS:
     raise ValueError(f"unknown model {kind!r}; valid: {', '.join(sorted(MODELS))}")
   defaults = {f.name: f.default for f in dataclasses.fields(MODELS[kind])}
   get = lambda key: cfg.get(key, defaults.get(key))
-  if kind == "transformer":
+  if kind in ("transformer", "longconv"):
     return int(get("num_layers"))
+  if kind == "convnext":
+    return int(sum(get("depths")))
   if kind == "vit":
     return int(get("depth"))
   if kind == "resnet":

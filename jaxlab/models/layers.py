@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import pallas_kernels
 from jaxlab.depth.init_schemes import KernelInit, scaled_standardize
 from jaxlab.param.base import SP, OpScales, Parametrization
 from jaxlab.param.meta import ParamMeta
@@ -39,7 +40,6 @@ from jaxlab.quant import fp8 as fp8_lib
 from jaxlab.quant.config import QUANT_STATE
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 from jaxlab.quant.quantizers import lsq_init_step
-from jaxlab.models.attention import dot_product_attention
 from jaxlab.models.rope import apply_rope
 
 # Logical axis vocabulary (mapped to mesh axes by sharding rules):
@@ -466,6 +466,17 @@ def _split_last_bwd(points, _, cotangents):
 split_last.defvjp(_split_last_fwd, _split_last_bwd)
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto",) + pallas_kernels.IMPLEMENTATIONS
+
+
+def attention_implementation(name: str) -> str | None:
+  """config.model.attention_impl -> pallas_kernels.attention's `implementation`."""
+  if name not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"config.model.attention_impl={name!r}; valid: "
+                     f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
+  return None if name == "auto" else name
+
+
 class Attention(nn.Module):
   """Multi-head (optionally grouped-query) self-attention with fused qkv projection.
 
@@ -474,6 +485,8 @@ class Attention(nn.Module):
   Init hooks (defaults leave the init unchanged): init_scale multiplies every kernel's init std,
   value_init_scale further the value columns of qkv and the out kernel (DeepNorm's beta), and
   kernel_inits = (qkv_init, out_init) replaces their normal draws (mimetic init).
+  The attention itself is pallas_kernels.attention; `implementation` is its dispatch ("auto" =
+  None: Pallas on GPU/TPU, the dense XLA path on CPU up to its size limit, then xla_chunked).
   """
 
   num_heads: int
@@ -489,6 +502,7 @@ class Attention(nn.Module):
   init_scale: float = 1.0
   value_init_scale: float = 1.0
   kernel_inits: tuple[KernelInit, KernelInit] | None = None
+  implementation: str = "auto"
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask: jax.Array | None = None,
@@ -515,9 +529,10 @@ class Attention(nn.Module):
     io_scale = self.parametrization.attention_output_scale(L, Dh, self.causal)
     if io_scale != 1.0:  # u-muP: unit-scaled attention output, q/k/v cotangents to match
       q_BLHD, k_BLKD, v_BLKD = (scale_bwd(t, io_scale) for t in (q_BLHD, k_BLKD, v_BLKD))
-    out_BLHD = dot_product_attention(q_BLHD, k_BLKD, v_BLKD,
-                                     scale=self.parametrization.attention_scale(Dh),
-                                     causal=self.causal, mask=mask)
+    out_BLHD = pallas_kernels.attention(
+        q_BLHD, k_BLKD, v_BLKD, scale=self.parametrization.attention_scale(Dh),
+        causal=self.causal, mask=mask, implementation=attention_implementation(
+            self.implementation))
     if io_scale != 1.0:
       out_BLHD = scale_fwd(out_BLHD, io_scale)
     return Dense(D, role=HIDDEN, use_bias=self.use_bias, kernel_axes=("heads", "embed"),

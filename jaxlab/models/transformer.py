@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from jaxlab.depth import init_schemes, placement
 from jaxlab.models.layers import (Attention, Embed, FeedForward, PositionEmbedding, Readout,
-                                  ScalarGain, norm_class)
+                                  ScalarGain, attention_implementation, norm_class)
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 
@@ -32,6 +32,7 @@ POSITIONALS = ("rope", "learned")
 def check_depth_keys(m: nn.Module) -> None:
   """ValueErrors naming config.model.<key> for the depth-control keys of a Block / model."""
   placement.check(m.norm_placement)
+  attention_implementation(m.attention_impl)
   placement.mix_post_layers(1, m.mix_ratio)
   init_schemes.check("branch_gain", m.branch_gain, init_schemes.BRANCH_GAINS)
   init_schemes.check("init_scheme", m.init_scheme, init_schemes.INIT_SCHEMES)
@@ -62,6 +63,7 @@ class Block(nn.Module):
   init_scheme: str = "default"
   attention_init: str = "default"
   width: int | None = None
+  attention_impl: str = "auto"  # pallas_kernels.attention implementation (layers.Attention)
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -83,7 +85,8 @@ class Block(nn.Module):
       return Attention(self.num_heads, head_dim=head_dim, num_kv_heads=self.num_kv_heads,
                        causal=self.causal, rope=self.rope, use_bias=self.use_bias,
                        init_scale=scale, value_init_scale=spec.init_scale,
-                       kernel_inits=kernel_inits, name="attn", **kw)(h, mask=mask)
+                       kernel_inits=kernel_inits, implementation=self.attention_impl,
+                       name="attn", **kw)(h, mask=mask)
 
     def mlp(h):
       return FeedForward(self.mlp_ratio * d, activation=self.activation, use_bias=self.use_bias,
@@ -119,6 +122,8 @@ class TransformerLM(nn.Module):
   positional: 'rope' (rotary in every attention) or 'learned' (absolute table up to max_len).
   tie_embeddings: readout = Embed.attend (x @ table.T) instead of a separate Readout.
   norm: layernorm | rmsnorm | crmsnorm; depth-control keys: see the module docstring.
+  attention_impl: auto | xla | xla_chunked | pallas | pallas_interpret (pallas_kernels.attention;
+  auto: Pallas on GPU/TPU, dense XLA on CPU up to its size limit, then chunked).
   """
 
   vocab_size: int = 256
@@ -141,6 +146,7 @@ class TransformerLM(nn.Module):
   branch_gain: str = "none"
   init_scheme: str = "default"
   attention_init: str = "default"
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, train: bool = False) -> jax.Array:
@@ -161,7 +167,7 @@ class TransformerLM(nn.Module):
                                         **kw)(L, batch=tokens_BL.shape[0])
     depth = dict(norm_placement=self.norm_placement, mix_ratio=self.mix_ratio,
                  branch_gain=self.branch_gain, init_scheme=self.init_scheme,
-                 attention_init=self.attention_init)
+                 attention_init=self.attention_init, attention_impl=self.attention_impl)
     if compressed:
       depth["width"] = self.d_model
     for i in range(self.num_layers):

@@ -44,6 +44,7 @@ class ViT(nn.Module):
   branch_gain: str = "none"
   init_scheme: str = "default"
   attention_init: str = "default"
+  attention_impl: str = "auto"  # pallas_kernels.attention implementation (see TransformerLM)
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool = False) -> jax.Array:
@@ -69,7 +70,7 @@ class ViT(nn.Module):
     x_BND = x_BND + PositionEmbedding(N, D, name="pos_embed", **kw)(N, batch=B)
     depth = dict(norm_placement=self.norm_placement, mix_ratio=self.mix_ratio,
                  branch_gain=self.branch_gain, init_scheme=self.init_scheme,
-                 attention_init=self.attention_init)
+                 attention_init=self.attention_init, attention_impl=self.attention_impl)
     for i in range(self.depth):
       x_BND = Block(self.num_heads, self.depth, layer=i, mlp_ratio=self.mlp_ratio, causal=False,
                     activation="gelu", use_bias=True, name=f"block_{i}", **depth, **kw)(x_BND)

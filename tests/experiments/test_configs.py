@@ -20,6 +20,8 @@ SHRINK = {
     "resnet": dict(width=8),
     "vit": dict(dim=32, depth=1),
     "mlp": dict(hidden_widths=(32,)),
+    "convnext": dict(widths=(8, 16), depths=(1, 1)),
+    "longconv": dict(d_model=32, num_layers=2),
 }
 
 

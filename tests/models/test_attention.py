@@ -1,5 +1,6 @@
-"""The attention core's hand-written VJP against autodiff of an independent plain-jnp reference,
-and the feature-major FeedForward against the token-major formula."""
+"""The Attention module's route through pallas_kernels.attention (every CPU implementation gives
+the same output and gradients), the feature-major FeedForward against the token-major formula,
+and the RoPE / qkv-split VJPs. (The attention kernels' own tests: tests/pallas_kernels.)"""
 
 import jax
 import jax.numpy as jnp
@@ -7,35 +8,7 @@ import numpy as np
 import pytest
 
 from jaxlab import param
-from jaxlab.models import attention, layers
-from tests.models.references import reference
-
-
-@pytest.mark.parametrize("causal,kv_heads,q_len,with_mask",
-                         [(True, 4, 7, False), (False, 2, 7, False), (True, 1, 3, False),
-                          (True, 2, 7, True)])
-def test_gradients_match_autodiff_of_reference(causal, kv_heads, q_len, with_mask):
-  keys = jax.random.split(jax.random.PRNGKey(0), 4)
-  q = jax.random.normal(keys[0], (2, q_len, 4, 8))
-  k = jax.random.normal(keys[1], (2, 7, kv_heads, 8))
-  v = jax.random.normal(keys[2], (2, 7, kv_heads, 8))
-  cot = jax.random.normal(keys[3], q.shape)
-  mask = (jnp.arange(7) < jnp.array([5, 7])[:, None])[:, None, None, :] if with_mask else None
-
-  def loss(fn):
-    return lambda q, k, v: jnp.sum(fn(q, k, v, scale=0.4, causal=causal, mask=mask) * cot)
-
-  ours = jax.jit(jax.grad(loss(attention.dot_product_attention), argnums=(0, 1, 2)))(q, k, v)
-  ref = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
-  for a, b in zip(ours, ref):
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
-
-
-def test_masked_logits_get_exactly_zero_probability():
-  q = k = v = jnp.ones((1, 4, 1, 2))
-  v = v * jnp.arange(4.0)[None, :, None, None]
-  out = attention.dot_product_attention(q, k, v, scale=1.0, causal=True)
-  np.testing.assert_array_equal(out[0, :, 0, 0], [0.0, 0.5, 1.0, 1.5])  # mean of visible values
+from jaxlab.models import layers, transformer
 
 
 def test_feed_forward_equals_token_major_formula():
@@ -71,22 +44,24 @@ def test_rope_and_qkv_split_vjps_match_autodiff():
   np.testing.assert_array_equal(ours, ref)
 
 
-@pytest.mark.parametrize("kv_heads", [2, 1])
-def test_causal_halves_path_matches_reference(kv_heads):
-  """Long causal sequences take the path that skips the masked block; same values and grads."""
-  L = attention.CAUSAL_SPLIT_MIN_LEN
-  keys = jax.random.split(jax.random.PRNGKey(7), 4)
-  q = jax.random.normal(keys[0], (1, L, 2, 8))
-  k = jax.random.normal(keys[1], (1, L, kv_heads, 8))
-  v = jax.random.normal(keys[2], (1, L, kv_heads, 8))
-  cot = jax.random.normal(keys[3], q.shape)
+def test_attention_module_routes_through_pallas_kernels_attention():
+  """attention_impl selects pallas_kernels.attention's implementation: dense, chunked and the
+  interpreted Pallas kernel give the same LM logits and gradients; a bad name names the key."""
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 24), 0, 256)
+  kw = dict(d_model=32, num_layers=2, num_heads=2)
+  lm = transformer.TransformerLM(**kw)
+  params = lm.init(jax.random.PRNGKey(1), tokens)["params"]
 
-  def loss(fn):
-    return lambda q, k, v: jnp.sum(fn(q, k, v, scale=0.3, causal=True) * cot)
+  def loss_and_grads(impl):
+    model = transformer.TransformerLM(**kw, attention_impl=impl)
+    f = lambda p: jnp.mean(model.apply({"params": p}, tokens) ** 2)  # noqa: E731
+    return jax.jit(jax.value_and_grad(f))(params)
 
-  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, scale=0.3, causal=True),
-                             reference(q, k, v, 0.3, True), rtol=2e-5, atol=2e-5)
-  ours = jax.jit(jax.grad(loss(attention.dot_product_attention), argnums=(0, 1, 2)))(q, k, v)
-  ref = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
-  for a, b in zip(ours, ref):
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+  ref_loss, ref_grads = loss_and_grads("auto")
+  for impl in ("xla", "xla_chunked", "pallas_interpret"):
+    loss, grads = loss_and_grads(impl)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="config.model.attention_impl='flash'"):
+    transformer.TransformerLM(**kw, attention_impl="flash").init(jax.random.PRNGKey(1), tokens)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import pallas_kernels
 from jaxlab import param
 from jaxlab.models import layers
 from jaxlab.models.rope import apply_rope
@@ -155,19 +156,19 @@ def _attention_ref(q, k, v, scale, causal, mask=None):
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_dot_product_attention_matches_reference(causal, kv_heads):
+def test_attention_op_matches_reference(causal, kv_heads):
   q = _normal(50, (2, 6, 4, 8))
   k = _normal(51, (2, 6, kv_heads, 8))
   v = _normal(52, (2, 6, kv_heads, 8))
-  attend = jax.jit(lambda *a: layers.dot_product_attention(*a, scale=0.3, causal=causal))
+  attend = jax.jit(lambda *a: pallas_kernels.attention(*a, scale=0.3, causal=causal))
   out = attend(q, k, v)
   np.testing.assert_allclose(out, _attention_ref(q, k, v, 0.3, causal), rtol=1e-4, atol=1e-5)
 
 
-def test_dot_product_attention_padding_mask():
+def test_attention_op_padding_mask():
   q, k, v = (_normal(seed, (2, 5, 2, 4)) for seed in (60, 61, 62))
   mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)[:, None, None, :]
-  attend = jax.jit(lambda q, k, v, m: layers.dot_product_attention(
+  attend = jax.jit(lambda q, k, v, m: pallas_kernels.attention(
       q, k, v, scale=0.5, causal=True, mask=m))
   out = attend(q, k, v, mask)
   np.testing.assert_allclose(out, _attention_ref(q, k, v, 0.5, True, mask), rtol=1e-4,

@@ -1,0 +1,221 @@
+"""Byte-level language model with a gated long-convolution mixer in place of attention: the
+order-2 Hyena / H3 operator (Poli et al. 2023, "Hyena Hierarchy", Eq. 3 with N = 2; Fu et al.
+2023, "Hungry Hungry Hippos", Sec. 3.1) with an SGConv global kernel (Li et al. 2022, "What
+Makes Convolutional Models Great on Long Sequence Modeling?", Sec. 3).
+
+Mixer, for x [B, L, D]:
+    (g, u, v) = ShortConv(Dense_in(x))             three D-wide streams: gate, input, value
+    y = g * (k * (u * v) + skip * (u * v))         k: causal long conv, k [L, D] from SGConv
+    out = Dense_out(y)
+ShortConv is a causal depthwise conv of `short_taps` taps on all 3D projected channels
+(pallas_kernels.depthwise_conv1d); `k *` is pallas_kernels.long_conv (FFT on CPU/GPU); the
+kernel k comes from pallas_kernels.SGConvKernel (scale i: kernel_dim parameters interpolated to
+kernel_dim * 2^i taps and multiplied by decay^i; concatenated, L2-normalised per channel) of
+length max_len, sliced to the sequence length, so the parameters do not depend on L. `skip` is
+SGConv's per-channel D term.
+
+Block (Pre-LN): x + r * mixer(norm(x)); x + r * mlp(norm(x)), each update through
+parametrization.residual like the Transformer's (jaxlab.models.transformer). No positional
+encoding: the causal convolutions see order. Every op is causal, so logits at t depend on
+tokens <= t only.
+
+Roles: the short-conv kernel [taps, 3D] and the SGConv parameters [kernel_dim, D] are INPUT-role
+(vector-like: their fan_in, taps or kernel_dim, does not grow with width); the SGConv kernel is
+L2-normalised, so it takes no forward multiplier (its output scale is fixed by construction);
+`skip` is a NORM-role gain (init 1). Dense_in / Dense_out / MLP are HIDDEN. The two convs are not
+quantized (they run through the Pallas kernels, not the policy's ops).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import pallas_kernels
+from jaxlab.models.layers import (Dense, Embed, FeedForward, Readout, make_param, norm_class,
+                                  scale_param, split_last)
+from jaxlab.param.base import SP, Parametrization
+from jaxlab.param.roles import BIAS, INPUT, NORM
+from jaxlab.param.unit_scaling import scaled_op
+from jaxlab.quant.policy import NO_QUANT, QuantPolicy
+from pallas_kernels.long_convolution import sgconv
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+class ShortConv(nn.Module):
+  """Causal depthwise conv1d: y[t] = sum_{j<taps} w[j] x[t - j] (+ bias), kernel [taps, C]
+  (INPUT role, fan_in = taps, fan_out = C) through pallas_kernels.depthwise_conv1d."""
+
+  taps: int = 3
+  use_bias: bool = True
+  implementation: str | None = None
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT  # unused (not quantized); uniform layer interface
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLC: jax.Array) -> jax.Array:
+    p, K, C = self.parametrization, self.taps, x_BLC.shape[-1]
+    kernel = make_param(self, "kernel", (K, C), names=("kernel_w", "mlp"), role=INPUT,
+                        fan_in=K, fan_out=C, parametrization=p)
+    op = lambda a, w: pallas_kernels.depthwise_conv1d(  # noqa: E731
+        a, w, causal=True, implementation=self.implementation)
+    batch = x_BLC.size // C
+    y = scaled_op(x_BLC.astype(self.dtype), kernel.astype(self.dtype), op,
+                  *p.op_scales(INPUT, K, C, batch))
+    if self.use_bias:
+      bias = make_param(self, "bias", (C,), names=("mlp",), role=BIAS, fan_in=1, fan_out=C,
+                        parametrization=p)
+      y = y + scale_param(bias.astype(self.dtype), p.op_scales(BIAS, 1, C, batch))
+    return y
+
+
+class SGConv(nn.Module):
+  """y = k * u + skip * u with k = SGConvKernel(max_len, C)[:L] (module docstring).
+
+  The SGConvKernel parameters kernel_0 .. kernel_{S-1} [kernel_dim, C] are created here with
+  ParamMeta (INPUT role, fan_in = kernel_dim, init from the parametrization; the normalisation
+  makes k independent of their scale) and passed to an unbound SGConvKernel.
+  """
+
+  max_len: int
+  kernel_dim: int = 32
+  decay: float = 0.5
+  implementation: str | None = None  # of pallas_kernels.long_conv
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT  # unused (not quantized); uniform layer interface
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, u_BLC: jax.Array) -> jax.Array:
+    p, d, (_, L, C) = self.parametrization, self.kernel_dim, u_BLC.shape
+    if L > self.max_len:
+      raise ValueError(f"sequence length {L} > max_len {self.max_len}")
+    generator = pallas_kernels.SGConvKernel(self.max_len, C, kernel_dim=d, decay=self.decay,
+                                            parent=None)
+    weights = {f"kernel_{i}": make_param(self, f"kernel_{i}", (d, C), names=("kernel_w", "mlp"),
+                                         role=INPUT, fan_in=d, fan_out=C, parametrization=p)
+               for i in range(sgconv.num_scales(self.max_len, d))}
+    k_LC = generator.apply({"params": weights})[:L]
+    u_BLC = u_BLC.astype(self.dtype)
+    y = pallas_kernels.long_conv(u_BLC, k_LC.astype(self.dtype),
+                                 implementation=self.implementation)
+    skip = make_param(self, "skip", (C,), names=("mlp",), role=NORM, fan_in=C, fan_out=C,
+                      parametrization=p)
+    skip = scale_param(skip.astype(self.dtype), p.op_scales(NORM, C, C, u_BLC.size // C))
+    return y + u_BLC * skip
+
+
+class LongConvMixer(nn.Module):
+  """The gated long-convolution mixer (module docstring): [B, L, D] -> [B, L, D]."""
+
+  max_len: int
+  short_taps: int = 3
+  kernel_dim: int = 32
+  decay: float = 0.5
+  use_bias: bool = False
+  implementation: str | None = None
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array) -> jax.Array:
+    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
+    D = x_BLD.shape[-1]
+    h = Dense(3 * D, use_bias=self.use_bias, kernel_axes=("embed", "mlp"), name="in_proj",
+              **kw)(x_BLD)
+    h = ShortConv(self.short_taps, implementation=self.implementation, name="short_conv",
+                  **kw)(h)
+    gate, u, v = split_last(h, (D, 2 * D))
+    y = SGConv(self.max_len, kernel_dim=self.kernel_dim, decay=self.decay,
+               implementation=self.implementation, name="long_conv", **kw)(u * v)
+    return Dense(D, use_bias=self.use_bias, kernel_axes=("mlp", "embed"), name="out_proj",
+                 **kw)(gate * y)
+
+
+class LongConvBlock(nn.Module):
+  """Pre-LN residual block: x + r * mixer(norm(x)); x + r * mlp(norm(x))."""
+
+  max_len: int
+  num_layers: int  # depth of the whole stack, for the residual update
+  layer: int = 0
+  mlp_ratio: int = 4
+  short_taps: int = 3
+  kernel_dim: int = 32
+  decay: float = 0.5
+  norm: str = "layernorm"
+  activation: str = "gelu_tanh"
+  use_bias: bool = False
+  implementation: str | None = None
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array) -> jax.Array:
+    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
+    p, D = self.parametrization, x_BLD.shape[-1]
+    Norm = norm_class(self.norm)
+    where = dict(layer=self.layer, num_layers=self.num_layers, branches_per_layer=2)
+
+    def mixer(h):
+      h = Norm(use_bias=self.use_bias, name="mixer_norm", **kw)(h)
+      return LongConvMixer(self.max_len, short_taps=self.short_taps, kernel_dim=self.kernel_dim,
+                           decay=self.decay, use_bias=self.use_bias,
+                           implementation=self.implementation, name="mixer", **kw)(h)
+
+    def mlp(h):
+      h = Norm(use_bias=self.use_bias, name="mlp_norm", **kw)(h)
+      return FeedForward(self.mlp_ratio * D, activation=self.activation, use_bias=self.use_bias,
+                         name="mlp", **kw)(h)
+
+    x_BLD = p.residual(x_BLD, mixer, branch_index=0, **where)
+    return p.residual(x_BLD, mlp, branch_index=1, **where)
+
+
+class LongConvLM(nn.Module):
+  """Tokens [B, L] -> logits [B, L, vocab_size] (byte-level by default), L <= max_len; the
+  call signature of TransformerLM, so the 'lm' task and train loop use it unchanged.
+
+  max_len: length of the SGConv kernels (set it to the training seq_len); short_taps: taps of
+  the short conv; kernel_dim / decay: SGConv's d and alpha; implementation: of both conv
+  kernels (None: Pallas on TPU, XLA / FFT elsewhere; "pallas_interpret" in tests).
+  """
+
+  vocab_size: int = 256
+  d_model: int = 256
+  num_layers: int = 4
+  mlp_ratio: int = 4
+  max_len: int = 256
+  short_taps: int = 3
+  kernel_dim: int = 32
+  decay: float = 0.5
+  norm: str = "layernorm"
+  activation: str = "gelu_tanh"
+  use_bias: bool = False
+  implementation: str | None = None
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens_BL: jax.Array, train: bool = False) -> jax.Array:
+    del train  # no dropout
+    if self.norm not in NORMS:
+      raise ValueError(f"config.model.norm={self.norm!r}; valid: {', '.join(NORMS)}")
+    if tokens_BL.shape[1] > self.max_len:
+      raise ValueError(f"sequence length {tokens_BL.shape[1]} > max_len {self.max_len}")
+    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
+    x_BLD = Embed(self.vocab_size, self.d_model, name="embed", **kw)(tokens_BL)
+    for i in range(self.num_layers):
+      x_BLD = LongConvBlock(self.max_len, self.num_layers, layer=i, mlp_ratio=self.mlp_ratio,
+                            short_taps=self.short_taps, kernel_dim=self.kernel_dim,
+                            decay=self.decay, norm=self.norm, activation=self.activation,
+                            use_bias=self.use_bias, implementation=self.implementation,
+                            name=f"block_{i}", **kw)(x_BLD)
+    x_BLD = norm_class(self.norm)(use_bias=self.use_bias, name="final_norm", **kw)(x_BLD)
+    return Readout(self.vocab_size, use_bias=False, kernel_axes=("embed", "vocab"),
+                   name="readout", **kw)(x_BLD)
