@@ -20,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_every = 500
   c.stats_every = 500  # per-layer rms of params/grads/updates; 0 disables
+  # per-block depth diagnostics (jaxlab.analysis.depth_diagnostics) on the first eval batch, as
+  # depth/* keys in metrics.jsonl; models with block_<i> residual blocks; 0 disables
+  c.depth_metrics_every = 0
   c.checkpoint_every = 500
   c.max_to_keep = 3
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})

@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_every = 500
   c.checkpoint_every = 500
+  c.depth_metrics_every = 500  # depth/* per-block diagnostics in metrics.jsonl
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 100
   c.optim.weight_decay = 0.1

@@ -8,6 +8,7 @@ a bad state can be written.
 
 import json
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -19,6 +20,7 @@ import tqdm
 from absl import logging
 
 from jaxlab import data, quant, sharding
+from jaxlab.depth.rescaling import BLOCK_PATTERN
 from jaxlab.train import checkpoint, step as step_lib, tasks
 from jaxlab.train.init import (build_model, dummy_input, init_inputs, init_state, make_tx,
                                param_info_of)
@@ -59,7 +61,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   for key in ("num_steps", "log_every", "checkpoint_every", "batch_size", "eval_batch_size"):
     if int(config[key]) < 1:
       raise ValueError(f"config.{key}={config[key]} must be a positive integer")
-  for key in ("eval_every", "stats_every", "eval_max_batches"):
+  for key in ("eval_every", "stats_every", "eval_max_batches", "depth_metrics_every"):
     if int(config[key]) < 0:
       raise ValueError(f"config.{key}={config[key]} must be >= 0 (0 disables it)")
   for key in ("batch_size", "eval_batch_size"):
@@ -78,6 +80,29 @@ def evaluate(state, config, model, mesh) -> dict[str, float]:
         state.params, batch, model=model, task=config.data.task,
         quant_state=state.extra.get(quant.QUANT_STATE)))
   return tasks.finish_eval(jax.device_get(sums))
+
+
+def depth_metrics(state, config, model, mesh) -> dict[str, float]:
+  """Depth diagnostics (step.depth_metrics_step) on the first eval batch."""
+  batch = next(data.eval_batches(config.data, batch_size=config.eval_batch_size, max_batches=1))
+  batch = sharding.shard_batch(batch, mesh)
+  out = step_lib.depth_metrics_step(state.params, batch, model=model, task=config.data.task)
+  return {k: float(v) for k, v in jax.device_get(out).items()}
+
+
+def _depth_metrics_every(config, state) -> int:
+  """config.depth_metrics_every, checked against the model; 0 under a quantization policy with
+  state (the diagnostics apply the model to params only)."""
+  every = config.get("depth_metrics_every", 0)
+  if every and not any(re.fullmatch(BLOCK_PATTERN, name) for name in state.params):
+    raise ValueError(f"config.depth_metrics_every={every} needs a model with residual blocks "
+                     f"named block_<i> (transformer, vit); config.model.name="
+                     f"{config.model.name!r} has {sorted(state.params)}. Set it to 0.")
+  if every and quant.QUANT_STATE in state.extra:
+    logging.warning("config.depth_metrics_every=%d: skipped under quant=%r (stateful policy)",
+                    every, config.quant)
+    return 0
+  return every
 
 
 def _mean_train_metrics(pending: list[tuple[int, dict]]) -> dict[str, float]:
@@ -115,6 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state, state_shardings = init_state(
       model, tx, init_inputs(model, example, train_iter, task, mesh), config.seed, mesh)
   state_sharding = step_lib.Static(state_shardings)
+  depth_every = _depth_metrics_every(config, state)
 
   manager = checkpoint.make_manager(workdir, max_to_keep=config.max_to_keep)
   restored = checkpoint.restore_latest(manager, state)
@@ -158,6 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         jax.block_until_ready(metrics["loss"])
       if (config.eval_every and step % config.eval_every == 0) or last:
         row.update({f"eval/{k}": v for k, v in evaluate(state, config, model, mesh).items()})
+      if depth_every and (step % depth_every == 0 or last):
+        row.update(depth_metrics(state, config, model, mesh))
       if row:
         writer.write(step, row)
         result.update(row)

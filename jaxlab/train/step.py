@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlab import quant
+from jaxlab.analysis import depth_diagnostics
 from jaxlab.train import stats, tasks
 from jaxlab.train.state import TrainState
 
@@ -89,6 +90,23 @@ def eval_step(params: Any, batch: dict, *, model: nn.Module, task: str,
     variables[quant.QUANT_STATE] = quant_state
   logits = model.apply(variables, tasks.model_inputs(batch, task), train=False)
   return tasks.eval_sums(logits, batch, task)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "task"))
+def depth_metrics_step(params: Any, batch: dict, *, model: nn.Module, task: str) -> dict:
+  """jaxlab.analysis.depth_diagnostics.depth_metrics on one batch (a model with residual blocks
+  named block_<i>): residual-stream variance after each block and its last/first ratio, angular
+  distance between consecutive blocks' inputs, per-block gradient norms (max/min, CV) and the
+  loss increase when each block is removed."""
+  inputs = tasks.model_inputs(batch, task)
+
+  def loss_fn(logits, b):
+    return tasks.loss_and_metrics(logits, b, task)[0]
+
+  grads = jax.grad(lambda p: loss_fn(model.apply({"params": p}, inputs, train=False), batch))(
+      params)
+  return depth_diagnostics.depth_metrics(model, params, inputs, grads=grads, batch=batch,
+                                         loss_fn=loss_fn)
 
 
 def sum_trees(a: dict | None, b: dict) -> dict:

@@ -69,3 +69,36 @@ def test_batch_not_divisible_by_devices_is_named():
   c.batch_size = 12
   with pytest.raises(ValueError, match="config.batch_size=12 must be divisible by the 8 devices"):
     loop.validate_config(c, num_devices=8)
+
+
+def test_depth_metrics_are_logged_and_match_a_recomputation(tfds_data_dir, tmp_path):
+  """config.depth_metrics_every: depth/* keys at steps 2 and 4 of a 3-block LM; the logged block
+  variances equal depth_diagnostics recomputed from the step-4 checkpoint on the same batch."""
+  from experiments.configs import shakespeare_lm
+  from jaxlab import data
+  from jaxlab.analysis import depth_diagnostics
+  from jaxlab.train import tasks
+  from jaxlab.train.init import build_model
+  c = shakespeare_lm.get_config()
+  c.data.data_dir, c.data.seq_len = tfds_data_dir, 32
+  c.model.update(d_model=16, num_layers=3, num_heads=2)
+  c.update(batch_size=4, eval_batch_size=4, eval_max_batches=1, num_steps=4, log_every=1,
+           eval_every=2, depth_metrics_every=2, stats_every=0, checkpoint_every=4)
+  c.optim.warmup_steps = 1
+  loop.train_and_evaluate(c, str(tmp_path))
+  rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "depth/block_var_last_first" in r]
+  assert [r["step"] for r in rows] == [2, 4]
+  assert {"depth/grad_norm/block_2", "depth/grad_norm_max_min", "depth/angular_distance_n1/block_1",
+          "depth/removal_loss_delta/block_0"} <= set(rows[-1])
+  params = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "4" / "state")["params"]
+  batch = next(data.eval_batches(c.data, batch_size=4, max_batches=1))
+  var = depth_diagnostics.block_output_variance(build_model(c, data.dataset_spec(c.data)), params,
+                                                tasks.model_inputs(batch, "lm"))
+  np.testing.assert_allclose([rows[-1][f"depth/block_var/block_{i}"] for i in range(3)],
+                             var["variance"], rtol=1e-4)
+
+
+def test_depth_metrics_need_a_block_model(mlp_config, tmp_path):
+  mlp_config.depth_metrics_every = 20
+  with pytest.raises(ValueError, match="config.depth_metrics_every=20 needs a model with residual"):
+    loop.train_and_evaluate(mlp_config, str(tmp_path))
