@@ -18,8 +18,8 @@ import pytest
 
 import pallas_kernels
 from pallas_kernels.depthwise_conv import api, reference
+from tests.pallas_kernels.tolerances import TOL, assert_close, value_and_grads
 
-TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
 # Shapes are chosen so that lengths / heights are not multiples of the blocks (partial last
 # tile), some channel counts are not multiples of block_c (padded channels), and the halo
@@ -51,30 +51,13 @@ def _normal(rng, shape, dtype):
   return jnp.asarray(rng.normal(size=shape), dtype)
 
 
-def _value_and_grads(fn, x, w, dy):
-  @jax.jit
-  def run(x, w, dy):
-    out, vjp = jax.vjp(fn, x, w)
-    return (out, *vjp(dy))
-  return run(x, w, dy)
-
-
-def _assert_close(actual, expected, tol, what):
-  actual = np.asarray(actual, np.float32)
-  expected = np.asarray(expected, np.float32)
-  assert np.all(np.isfinite(actual)), f"{what}: non-finite values"
-  scale = float(np.max(np.abs(expected)))
-  assert scale > 0, f"{what}: trivial reference"
-  np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
-
-
 def _check_against_reference(fn, ref_fn, blocks, x, w, dy, tol, what):
-  expected = _value_and_grads(ref_fn, x, w, dy)
+  expected = value_and_grads(ref_fn, x, w, dy)
   for impl, kw in (("xla", {}), ("pallas_interpret", blocks)):
-    actual = _value_and_grads(lambda x, w: fn(x, w, implementation=impl, **kw), x, w, dy)
+    actual = value_and_grads(lambda x, w: fn(x, w, implementation=impl, **kw), x, w, dy)
     for name, a, e in zip(("y", "dx", "dw"), actual, expected):
       assert a.shape == e.shape and a.dtype == e.dtype, name
-      _assert_close(a, e, tol, f"{impl} {name} {what}")
+      assert_close(a, e, tol, f"{impl} {name} {what}")
 
 
 @pytest.mark.parametrize("case", CASES_1D, ids=_ids(CASES_1D))
@@ -139,7 +122,7 @@ def test_xla_path_matches_numpy_loops_1d(causal):
   rng = np.random.default_rng(1)
   x, w, dy = rng.normal(size=(2, 9, 3)), rng.normal(size=(4, 3)), rng.normal(size=(2, 9, 3))
   f = lambda x, w: pallas_kernels.depthwise_conv1d(x, w, causal=causal, implementation="xla")
-  y, dx, dw = _value_and_grads(f, *(jnp.asarray(a, jnp.float32) for a in (x, w, dy)))
+  y, dx, dw = value_and_grads(f, *(jnp.asarray(a, jnp.float32) for a in (x, w, dy)))
   np.testing.assert_allclose(y, _numpy_conv1d(x, w, causal), rtol=1e-5, atol=1e-5)
   shift = 0 if causal else 2
   want_dx, want_dw = np.zeros_like(x), np.zeros_like(w)

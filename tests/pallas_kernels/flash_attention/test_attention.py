@@ -20,8 +20,8 @@ import pytest
 
 import pallas_kernels
 from pallas_kernels.flash_attention import api, chunked, dense, reference
+from tests.pallas_kernels.tolerances import TOL, assert_close, value_and_grads
 
-TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
 # Feature combinations; shapes are drawn per case (seeded) so that sequence lengths are mostly
 # not multiples of the block sizes (8 or 16) and span several blocks.
@@ -72,22 +72,6 @@ def _make_case(index, case):
   return (q, k, v, do), kw, blocks, TOL[dtype]
 
 
-def _value_and_grads(fn, q, k, v, do):
-  @jax.jit
-  def run(q, k, v, do):
-    out, vjp = jax.vjp(fn, q, k, v)
-    return (out, *vjp(do))
-  return run(q, k, v, do)
-
-
-def _assert_close(actual, expected, tol, what):
-  actual = np.asarray(actual, np.float32)
-  expected = np.asarray(expected, np.float32)
-  assert np.all(np.isfinite(actual)), f"{what}: non-finite values"
-  scale = float(np.max(np.abs(expected)))
-  np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
-
-
 @functools.cache
 def _expected(index):
   """Reference output and gradients of case `index` (shared by both implementations' tests)."""
@@ -96,7 +80,7 @@ def _expected(index):
   seg = kw.pop("segment_ids", None)
   if seg is not None:
     kw["q_segment_ids"], kw["kv_segment_ids"] = seg if isinstance(seg, tuple) else (seg, seg)
-  return _value_and_grads(functools.partial(reference.attention, **kw), q, k, v, do)
+  return value_and_grads(functools.partial(reference.attention, **kw), q, k, v, do)
 
 
 def _case_id(i):
@@ -114,11 +98,11 @@ _IMPLEMENTATION_CASES = [
 def test_matches_reference_values_and_gradients(index, implementation):
   (q, k, v, do), kw, blocks, tol = _make_case(index, CASES[index])
   expected = _expected(index)
-  actual = _value_and_grads(lambda q, k, v: pallas_kernels.attention(
+  actual = value_and_grads(lambda q, k, v: pallas_kernels.attention(
       q, k, v, implementation=implementation, **blocks, **kw), q, k, v, do)
   for name, a, e in zip(("out", "dq", "dk", "dv"), actual, expected):
     assert a.shape == e.shape and a.dtype == e.dtype, name
-    _assert_close(a, e, tol, f"{name} q{q.shape} k{k.shape} {kw} {blocks}")
+    assert_close(a, e, tol, f"{name} q{q.shape} k{k.shape} {kw} {blocks}", nontrivial=False)
 
 
 def _numpy_attention(q, k, v, *, causal, window, q_seg, k_seg, softcap, scale):
@@ -176,7 +160,7 @@ def test_fully_masked_rows_give_zero_output_and_gradients(implementation):
   k = jnp.asarray(rng.normal(size=(1, 5, 2, 8)), jnp.float32)
   q_seg = jnp.asarray([[0] * 9 + [7, 7, 1]])
   k_seg = jnp.asarray([[0] * 3 + [1] * 2])
-  out, dq, dk, dv = _value_and_grads(lambda q, k, v: pallas_kernels.attention(
+  out, dq, dk, dv = value_and_grads(lambda q, k, v: pallas_kernels.attention(
       q, k, v, causal=True, segment_ids=(q_seg, k_seg), implementation=implementation,
       block_q=8, block_k=8), q, k, k, jnp.ones_like(q))
   for x in (out, dq, dk, dv):

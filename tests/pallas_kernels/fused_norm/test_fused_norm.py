@@ -17,8 +17,7 @@ import pytest
 
 import pallas_kernels
 from pallas_kernels.fused_norm import api
-
-TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
+from tests.pallas_kernels.tolerances import TOL, assert_close
 
 
 def _random_cases(seed=0):
@@ -70,15 +69,6 @@ def _run_once(fn, *args):
   return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})(*args)
 
 
-def _assert_close(actual, expected, tol, what):
-  actual = np.asarray(actual, np.float32)
-  expected = np.asarray(expected, np.float32)
-  assert np.all(np.isfinite(actual)), f"{what}: non-finite values"
-  scale = float(np.max(np.abs(expected)))
-  assert scale > 0, f"{what}: trivial reference"
-  np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
-
-
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_pallas_matches_reference_values_and_gradients(case):
   x, scale, bias, dy = _inputs(case, seed=len(str(case)))
@@ -101,7 +91,7 @@ def test_pallas_matches_reference_values_and_gradients(case):
       assert a is None and bias is None, name
       continue
     assert a.shape == e.shape and a.dtype == e.dtype, name
-    _assert_close(a, e, TOL[case["dtype"]], f"{name} {case}")
+    assert_close(a, e, TOL[case["dtype"]], f"{name} {case}")
 
 
 def _numpy_norm(x, scale, bias, kind, eps, layer_index):

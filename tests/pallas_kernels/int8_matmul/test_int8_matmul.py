@@ -18,8 +18,8 @@ import pytest
 import pallas_kernels
 from jaxlab.quant import config as quant_config, quantizers
 from pallas_kernels.int8_matmul import api, quantize_int8
+from tests.pallas_kernels.tolerances import TOL, assert_close
 
-TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -57,15 +57,6 @@ def _codes(rng, shape):
   return jnp.asarray(rng.integers(-128, 128, size=shape), jnp.int8)  # the full int8 range
 
 
-def _assert_close(actual, expected, tol, what):
-  actual = np.asarray(actual, np.float32)
-  expected = np.asarray(expected, np.float32)
-  assert np.all(np.isfinite(actual)), f"{what}: non-finite values"
-  scale = float(np.max(np.abs(expected)))
-  assert scale > 0, f"{what}: trivial reference"
-  np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
-
-
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_pallas_matches_reference_values_and_scale_gradients(case):
   rng = np.random.default_rng(len(str(case)))
@@ -90,7 +81,7 @@ def test_pallas_matches_reference_values_and_scale_gradients(case):
   np.testing.assert_array_equal(y, y_ref)
   for name, a, e in (("dx_scale", dxs, dxs_ref), ("dw_scale", dws, dws_ref)):
     assert a.shape == e.shape and a.dtype == e.dtype, name
-    _assert_close(a, e, TOL[jnp.float32], f"{name} {case}")
+    assert_close(a, e, TOL[jnp.float32], f"{name} {case}")
 
 
 def test_reference_matches_int64_numpy_product():
@@ -214,10 +205,10 @@ def test_quantized_matmul_values_and_straight_through_gradients(dtype):
   assert actual[0].dtype == jnp.float32 and actual[0].shape == (2, 7, 12)
   assert actual[1].dtype == dtype and actual[2].dtype == dtype
   np.testing.assert_array_equal(actual[0], via_xla[0])
-  _assert_close(actual[0], expected[0], TOL[jnp.float32], "y")
+  assert_close(actual[0], expected[0], TOL[jnp.float32], "y")
   for name, a, b, e in zip(("dx", "dw"), actual[1:], via_xla[1:], expected[1:]):
     np.testing.assert_array_equal(a, b)
-    _assert_close(a, e, TOL[dtype], name)
+    assert_close(a, e, TOL[dtype], name)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the default is backend-specific")

@@ -18,8 +18,8 @@ import pytest
 
 import pallas_kernels
 from pallas_kernels.long_convolution import api, sgconv
+from tests.pallas_kernels.tolerances import TOL, assert_close, value_and_grads
 
-TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
 # Lengths mostly not multiples of the block (8 or 16); channel counts not multiples of block_c.
 CASES = [
@@ -47,35 +47,18 @@ def _make_case(case):
   return u, k, dy, TOL[dtype]
 
 
-def _value_and_grads(fn, u, k, dy):
-  @jax.jit
-  def run(u, k, dy):
-    out, vjp = jax.vjp(fn, u, k)
-    return (out, *vjp(dy))
-  return run(u, k, dy)
-
-
-def _assert_close(actual, expected, tol, what):
-  actual = np.asarray(actual, np.float32)
-  expected = np.asarray(expected, np.float32)
-  assert np.all(np.isfinite(actual)), f"{what}: non-finite values"
-  scale = float(np.max(np.abs(expected)))
-  assert scale > 0, f"{what}: trivial reference"
-  np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
-
-
 @pytest.mark.parametrize("implementation", ["fft", "pallas_interpret"])
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_matches_reference_values_and_gradients(case, implementation):
   u, k, dy, tol = _make_case(case)
   blocks = {name: case[name] for name in ("block", "block_c") if name in case}
-  expected = _value_and_grads(lambda u, k: pallas_kernels.long_conv(
+  expected = value_and_grads(lambda u, k: pallas_kernels.long_conv(
       u, k, implementation="xla"), u, k, dy)
-  actual = _value_and_grads(lambda u, k: pallas_kernels.long_conv(
+  actual = value_and_grads(lambda u, k: pallas_kernels.long_conv(
       u, k, implementation=implementation, **blocks), u, k, dy)
   for name, a, e in zip(("y", "du", "dk"), actual, expected):
     assert a.shape == e.shape and a.dtype == e.dtype, name
-    _assert_close(a, e, tol, f"{name} {case} {implementation}")
+    assert_close(a, e, tol, f"{name} {case} {implementation}")
 
 
 def test_xla_path_matches_numpy_loops():
@@ -84,7 +67,7 @@ def test_xla_path_matches_numpy_loops():
   rng = np.random.default_rng(5)
   B, L, C, Lk = 2, 10, 3, 7
   u, k, dy = rng.normal(size=(B, L, C)), rng.normal(size=(Lk, C)), rng.normal(size=(B, L, C))
-  y, du, dk = _value_and_grads(lambda u, k: pallas_kernels.long_conv(u, k, implementation="xla"),
+  y, du, dk = value_and_grads(lambda u, k: pallas_kernels.long_conv(u, k, implementation="xla"),
                                *(jnp.asarray(a, jnp.float32) for a in (u, k, dy)))
   want_y, want_du, want_dk = np.zeros_like(u), np.zeros_like(u), np.zeros_like(k)
   for t in range(L):
