@@ -5,10 +5,12 @@ r"""ConvNeXt (Liu et al. 2022; patch-2 stem, stages 32/64 wide with 1/2 blocks a
 
 Layer scale starts at 0.1, not the paper's 1e-6: with 1e-6 the blocks stay near the identity for
 most of a short run (eval accuracy after 100 steps: 31% with 1e-6, 85% with 1.0, both with a
-stem bias; 87% with 0.1 and the bias-free stem now used). About 2x the ResNet's time per
-step on CPU, mostly the depthwise convs (XLA:CPU grouped convolutions).
+stem bias; 87% with 0.1 and the bias-free stem now used). A train step costs 0.86x the
+ResNet's (timed interleaved in one process; the depthwise convs run as shift-and-add on CPU).
 
-Reaches: TODO (full run pending: test accuracy, eval/loss and wall time after 800 steps).
+Reaches: 97.9% test accuracy (eval/loss 0.074) after 800 steps (97.8% at 600; ResNet-8: 98.1%
+after 1,000). Measured 2026-12-02 on a 2-core CPU shared with other jobs (29.8 min wall under
+that load; about 3-4 min expected on 2 idle cores from the step-time ratio to the ResNet).
 """
 
 import ml_collections
