@@ -6,11 +6,13 @@ jaxlab/models/longconv.py) on the Shakespeare corpus, in place of shakespeare_lm
 Model: 4 layers, d_model 256, short conv 3 taps, SGConv kernel of length 256 (kernel_dim 32,
 4 scales, decay 0.5), Pre-LN, seq 256, batch 16; 3.42M parameters (shakespeare_lm.py: 3.28M).
 
-About 2.1x the Transformer's time per step on CPU, mostly the short depthwise conv (XLA:CPU
-grouped convolutions), hence 250 steps (estimated < 10 min on 2 idle cores) instead of 2,000.
+A train step costs 1.06x the Transformer's (timed interleaved in one process; the short
+depthwise conv runs as shift-and-add on CPU), so 250 steps take ~4-5 min on 2 idle cores.
 
-Reaches: TODO (full run pending: validation loss, next-byte accuracy and wall time after 250
-steps).
+Reaches: validation loss 1.748 nats/byte, 48.6% next-byte accuracy after 250 steps (1.855 /
+45.5% at step 125); measured 2026-12-02 on a 2-core CPU shared with other jobs (37.9 min wall
+under that load). The Transformer of shakespeare_lm.py with the same 250-step schedule was not
+measured yet (its 2,000-step run is at 1.725 after 500 steps).
 """
 
 import ml_collections
