@@ -1,9 +1,30 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the test session's XLA settings.
+
+Tests compile many small programs and run each for a few steps, so compile time dominates on a
+CPU: the session (and every subprocess it starts) compiles with LLVM's cheap pipeline
+(`TEST_XLA_FLAGS`, appended to any XLA_FLAGS already set) and shares a persistent compilation
+cache between the xdist workers and the CLI subprocesses (the same train step is compiled by
+several resume / CLI runs). Numerics do not depend on either; benchmarks (experiments.bench*)
+run with the default flags.
+"""
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
+
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _with_test_flags(flags: str) -> str:
+  return flags if TEST_XLA_FLAGS in flags else f"{flags} {TEST_XLA_FLAGS}".strip()
+
+
+os.environ["XLA_FLAGS"] = _with_test_flags(os.environ.get("XLA_FLAGS", ""))
+# One cache per pytest session (the xdist workers inherit the controller's environment).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxlab_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
 @pytest.fixture(scope='session')
@@ -40,6 +61,7 @@ def mlp_config(tfds_data_dir):
 
 def _run_python(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
   full_env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
+  full_env["XLA_FLAGS"] = _with_test_flags(full_env.get("XLA_FLAGS", ""))
   return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True,
                         text=True, timeout=timeout)
 

@@ -34,8 +34,19 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def image_data(name: str) -> ml_collections.ConfigDict:
+def image_data(name: str, augment_shift: int = 0) -> ml_collections.ConfigDict:
+  """Classification on an image dataset; augment_shift: random translations by up to +-that
+  many pixels (0: none)."""
   return ml_collections.ConfigDict({
       "name": name, "data_dir": "", "task": "classification", "train_split": "train",
-      "eval_split": "test", "augment_shift": 0, "image_key": "image", "label_key": "label",
+      "eval_split": "test", "augment_shift": augment_shift, "image_key": "image",
+      "label_key": "label",
+  })
+
+
+def shakespeare_data(seq_len: int = 256) -> ml_collections.ConfigDict:
+  """Byte-level LM on the shakespeare corpus (38 train / 4 held-out works), seq_len bytes."""
+  return ml_collections.ConfigDict({
+      "name": "shakespeare", "data_dir": "", "task": "lm", "train_split": "train",
+      "eval_split": "validation", "seq_len": seq_len, "text_key": "text",
   })

@@ -20,8 +20,7 @@ from experiments.configs import common
 
 def get_config() -> ml_collections.ConfigDict:
   c = common.base_config()
-  c.data = common.image_data("mnist5k")
-  c.data.augment_shift = 2
+  c.data = common.image_data("mnist5k", augment_shift=2)
   c.model = ml_collections.ConfigDict({"name": "convnext", "widths": (32, 64), "depths": (1, 2),
                                        "kernel_size": 7, "patch_size": 2, "mlp_ratio": 4,
                                        "layer_scale_init": 0.1})

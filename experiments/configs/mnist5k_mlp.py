@@ -13,9 +13,8 @@ from experiments.configs import common
 
 def get_config() -> ml_collections.ConfigDict:
   c = common.base_config()
-  c.data = common.image_data("mnist5k")
+  c.data = common.image_data("mnist5k", augment_shift=2)  # random +-2 pixel translations
   c.model = ml_collections.ConfigDict({"name": "mlp", "hidden_widths": (512, 512)})
-  c.data.augment_shift = 2  # random +-2 pixel translations
   c.num_steps = 3000
   c.optim.learning_rate = 1e-3
   c.optim.weight_decay = 0.1

@@ -12,8 +12,7 @@ from experiments.configs import common
 
 def get_config() -> ml_collections.ConfigDict:
   c = common.base_config()
-  c.data = common.image_data("mnist5k")
-  c.data.augment_shift = 2
+  c.data = common.image_data("mnist5k", augment_shift=2)
   c.model = ml_collections.ConfigDict({"name": "resnet", "width": 16, "blocks_per_stage": 1,
                                        "norm": "layernorm", "conv": "standard",
                                        "branch_gain": "none", "init_scheme": "default"})

@@ -12,8 +12,7 @@ from experiments.configs import common
 
 def get_config() -> ml_collections.ConfigDict:
   c = common.base_config()
-  c.data = common.image_data("mnist5k")
-  c.data.augment_shift = 2
+  c.data = common.image_data("mnist5k", augment_shift=2)
   c.model = ml_collections.ConfigDict({"name": "vit", "patch_size": 7, "dim": 128, "depth": 4,
                                        "num_heads": 4, "mlp_ratio": 2, "pool": "mean",
                                        "norm_placement": "pre", "mix_ratio": 0.25,

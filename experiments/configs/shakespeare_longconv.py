@@ -22,10 +22,7 @@ from experiments.configs import common
 
 def get_config() -> ml_collections.ConfigDict:
   c = common.base_config()
-  c.data = ml_collections.ConfigDict({
-      "name": "shakespeare", "data_dir": "", "task": "lm", "train_split": "train",
-      "eval_split": "validation", "seq_len": 256, "text_key": "text",
-  })
+  c.data = common.shakespeare_data(seq_len=256)
   c.model = ml_collections.ConfigDict({
       "name": "longconv", "d_model": 256, "num_layers": 4, "mlp_ratio": 4,
       "max_len": 256,  # SGConv kernel length: the training seq_len

@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
+from jaxlab.models.depthwise import depthwise_conv
 from jaxlab.models.layers import (Conv, FeedForward, LayerNorm, Readout, make_param,
                                   scale_param)
 from jaxlab.param.base import SP, Parametrization
-from jaxlab.param.roles import BIAS, INPUT, NORM
-from jaxlab.param.unit_scaling import scaled_op
+from jaxlab.param.roles import INPUT, NORM
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 
 
@@ -52,19 +52,10 @@ class DepthwiseConv2D(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    p, k, C = self.parametrization, self.kernel_size, x_BHWC.shape[-1]
-    kernel = make_param(self, "kernel", (k, k, C), names=("kernel_h", "kernel_w", "conv_out"),
-                        role=INPUT, fan_in=k * k, fan_out=C, parametrization=p)
     op = lambda a, w: pallas_kernels.depthwise_conv2d(  # noqa: E731
         a, w, padding="SAME", implementation=self.implementation)
-    batch = x_BHWC.size // C  # output positions
-    y = scaled_op(x_BHWC.astype(self.dtype), kernel.astype(self.dtype), op,
-                  *p.op_scales(INPUT, k * k, C, batch))
-    if self.use_bias:
-      bias = make_param(self, "bias", (C,), names=("conv_out",), role=BIAS, fan_in=1, fan_out=C,
-                        parametrization=p)
-      y = y + scale_param(bias.astype(self.dtype), p.op_scales(BIAS, 1, C, batch))
-    return y
+    return depthwise_conv(self, x_BHWC, op, (self.kernel_size,) * 2,
+                          ("kernel_h", "kernel_w", "conv_out"), self.use_bias)
 
 
 class ConvNeXtBlock(nn.Module):

@@ -26,6 +26,7 @@ L2-normalised, so it takes no forward multiplier (its output scale is fixed by c
 quantized (they run through the Pallas kernels, not the policy's ops).
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -33,11 +34,11 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
+from jaxlab.models.depthwise import depthwise_conv
 from jaxlab.models.layers import (Dense, Embed, FeedForward, Readout, make_param, norm_class,
                                   scale_param, split_last)
 from jaxlab.param.base import SP, Parametrization
-from jaxlab.param.roles import BIAS, INPUT, NORM
-from jaxlab.param.unit_scaling import scaled_op
+from jaxlab.param.roles import INPUT, NORM
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 from pallas_kernels.long_convolution import sgconv
 
@@ -57,19 +58,9 @@ class ShortConv(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLC: jax.Array) -> jax.Array:
-    p, K, C = self.parametrization, self.taps, x_BLC.shape[-1]
-    kernel = make_param(self, "kernel", (K, C), names=("kernel_w", "mlp"), role=INPUT,
-                        fan_in=K, fan_out=C, parametrization=p)
     op = lambda a, w: pallas_kernels.depthwise_conv1d(  # noqa: E731
         a, w, causal=True, implementation=self.implementation)
-    batch = x_BLC.size // C
-    y = scaled_op(x_BLC.astype(self.dtype), kernel.astype(self.dtype), op,
-                  *p.op_scales(INPUT, K, C, batch))
-    if self.use_bias:
-      bias = make_param(self, "bias", (C,), names=("mlp",), role=BIAS, fan_in=1, fan_out=C,
-                        parametrization=p)
-      y = y + scale_param(bias.astype(self.dtype), p.op_scales(BIAS, 1, C, batch))
-    return y
+    return depthwise_conv(self, x_BLC, op, (self.taps,), ("kernel_w", "mlp"), self.use_bias)
 
 
 class SGConv(nn.Module):
@@ -136,58 +127,16 @@ class LongConvMixer(nn.Module):
                  **kw)(gate * y)
 
 
-class LongConvBlock(nn.Module):
-  """Pre-LN residual block: x + r * mixer(norm(x)); x + r * mlp(norm(x))."""
-
-  max_len: int
-  num_layers: int  # depth of the whole stack, for the residual update
-  layer: int = 0
-  mlp_ratio: int = 4
-  short_taps: int = 3
-  kernel_dim: int = 32
-  decay: float = 0.5
-  norm: str = "layernorm"
-  activation: str = "gelu_tanh"
-  use_bias: bool = False
-  implementation: str | None = None
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BLD: jax.Array) -> jax.Array:
-    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
-    p, D = self.parametrization, x_BLD.shape[-1]
-    Norm = norm_class(self.norm)
-    where = dict(layer=self.layer, num_layers=self.num_layers, branches_per_layer=2)
-
-    def mixer(h):
-      h = Norm(use_bias=self.use_bias, name="mixer_norm", **kw)(h)
-      return LongConvMixer(self.max_len, short_taps=self.short_taps, kernel_dim=self.kernel_dim,
-                           decay=self.decay, use_bias=self.use_bias,
-                           implementation=self.implementation, name="mixer", **kw)(h)
-
-    def mlp(h):
-      h = Norm(use_bias=self.use_bias, name="mlp_norm", **kw)(h)
-      return FeedForward(self.mlp_ratio * D, activation=self.activation, use_bias=self.use_bias,
-                         name="mlp", **kw)(h)
-
-    x_BLD = p.residual(x_BLD, mixer, branch_index=0, **where)
-    return p.residual(x_BLD, mlp, branch_index=1, **where)
+def _fields_of(cls: type[nn.Module], module: nn.Module) -> dict[str, Any]:
+  """module's values of the constructor fields of cls (parent and name aside)."""
+  return {f.name: getattr(module, f.name) for f in dataclasses.fields(cls)
+          if f.init and f.name not in ("parent", "name")}
 
 
-class LongConvLM(nn.Module):
-  """Tokens [B, L] -> logits [B, L, vocab_size] (byte-level by default), L <= max_len; the
-  call signature of TransformerLM, so the 'lm' task and train loop use it unchanged.
+class LongConvHparams(nn.Module):
+  """The hyperparameters LongConvLM hands to every LongConvBlock (field docs: LongConvLM)."""
 
-  max_len: length of the SGConv kernels (set it to the training seq_len); short_taps: taps of
-  the short conv; kernel_dim / decay: SGConv's d and alpha; implementation: of both conv
-  kernels (None: Pallas on TPU, XLA / FFT elsewhere; "pallas_interpret" in tests).
-  """
-
-  vocab_size: int = 256
-  d_model: int = 256
-  num_layers: int = 4
+  num_layers: int = 4  # depth of the whole stack, for the residual update
   mlp_ratio: int = 4
   max_len: int = 256
   short_taps: int = 3
@@ -201,6 +150,50 @@ class LongConvLM(nn.Module):
   quant: QuantPolicy = NO_QUANT
   dtype: Any = jnp.float32
 
+
+class LongConvBlock(LongConvHparams):
+  """Pre-LN residual block: x + r * mixer(norm(x)); x + r * mlp(norm(x))."""
+
+  layer: int = 0
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array) -> jax.Array:
+    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
+    p, D = self.parametrization, x_BLD.shape[-1]
+    Norm = norm_class(self.norm)
+    where = dict(layer=self.layer, num_layers=self.num_layers, branches_per_layer=2)
+
+    def mixer(h):
+      h = Norm(use_bias=self.use_bias, name="mixer_norm", **kw)(h)
+      return LongConvMixer(**_fields_of(LongConvMixer, self), name="mixer")(h)
+
+    def mlp(h):
+      h = Norm(use_bias=self.use_bias, name="mlp_norm", **kw)(h)
+      return FeedForward(self.mlp_ratio * D, activation=self.activation, use_bias=self.use_bias,
+                         name="mlp", **kw)(h)
+
+    x_BLD = p.residual(x_BLD, mixer, branch_index=0, **where)
+    return p.residual(x_BLD, mlp, branch_index=1, **where)
+
+
+class _LMSizes(nn.Module):
+  """LongConvLM's own fields. Dataclass fields are collected from the last base first, so as
+  LongConvLM's second base these come first: its fields keep the order vocab_size, d_model,
+  num_layers, ... (constructor and models.config_keys)."""
+
+  vocab_size: int = 256
+  d_model: int = 256
+
+
+class LongConvLM(LongConvHparams, _LMSizes):
+  """Tokens [B, L] -> logits [B, L, vocab_size] (byte-level by default), L <= max_len; the
+  call signature of TransformerLM, so the 'lm' task and train loop use it unchanged.
+
+  max_len: length of the SGConv kernels (set it to the training seq_len); short_taps: taps of
+  the short conv; kernel_dim / decay: SGConv's d and alpha; implementation: of both conv
+  kernels (None: Pallas on TPU, XLA / FFT elsewhere; "pallas_interpret" in tests).
+  """
+
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, train: bool = False) -> jax.Array:
     del train  # no dropout
@@ -211,11 +204,8 @@ class LongConvLM(nn.Module):
     kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
     x_BLD = Embed(self.vocab_size, self.d_model, name="embed", **kw)(tokens_BL)
     for i in range(self.num_layers):
-      x_BLD = LongConvBlock(self.max_len, self.num_layers, layer=i, mlp_ratio=self.mlp_ratio,
-                            short_taps=self.short_taps, kernel_dim=self.kernel_dim,
-                            decay=self.decay, norm=self.norm, activation=self.activation,
-                            use_bias=self.use_bias, implementation=self.implementation,
-                            name=f"block_{i}", **kw)(x_BLD)
+      x_BLD = LongConvBlock(**_fields_of(LongConvHparams, self), layer=i,
+                            name=f"block_{i}")(x_BLD)
     x_BLD = norm_class(self.norm)(use_bias=self.use_bias, name="final_norm", **kw)(x_BLD)
     return Readout(self.vocab_size, use_bias=False, kernel_axes=("embed", "vocab"),
                    name="readout", **kw)(x_BLD)

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from pallas_kernels._tiling import cdiv, round_up, target
 from pallas_kernels.depthwise_conv.reference import conv1d_pads
 
 DEFAULT_BLOCK_L = 256  # time steps per 1-D tile
@@ -62,22 +63,6 @@ class Config:
   interpret: bool
 
 
-def cdiv(a: int, b: int) -> int:
-  return -(-a // b)
-
-
-def _round_up(n: int, m: int) -> int:
-  return cdiv(n, m) * m
-
-
-def target(interpret: bool) -> str:
-  """'interpret', 'tpu', 'gpu' or another backend name: which layout rules apply."""
-  if interpret:
-    return "interpret"
-  backend = jax.default_backend()
-  return "gpu" if backend in ("cuda", "rocm") else backend
-
-
 def halo_rows(block: int, need: int, align: int) -> int:
   """Height of the halo tile: the smallest multiple of `align` that divides `block` and is
   >= need (0 when need == 0). Requires block >= need and block % align == 0."""
@@ -94,7 +79,7 @@ def default_block_c(channels: int) -> int:
 
 
 def default_block_l(length: int, taps: int) -> int:
-  return max(min(DEFAULT_BLOCK_L, _round_up(length, SUBLANES)), _round_up(taps - 1, SUBLANES))
+  return max(min(DEFAULT_BLOCK_L, round_up(length, SUBLANES)), round_up(taps - 1, SUBLANES))
 
 
 def default_block_h(out_rows: int, kh: int) -> int:

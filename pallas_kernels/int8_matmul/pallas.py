@@ -39,6 +39,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels._tiling import round_up, target
+
 DEFAULT_BLOCKS = (256, 256, 512)  # (block_m, block_n, block_k)
 TPU_ALIGN = (32, 128, 128)
 INTERPRET_ALIGN = (8, 8, 8)
@@ -52,22 +54,6 @@ class Config:
   block_n: int
   block_k: int
   interpret: bool
-
-
-def cdiv(a: int, b: int) -> int:
-  return -(-a // b)
-
-
-def _round_up(n: int, m: int) -> int:
-  return cdiv(n, m) * m
-
-
-def target(interpret: bool) -> str:
-  """'interpret', 'tpu', 'gpu' or another backend name: which layout rules apply."""
-  if interpret:
-    return "interpret"
-  backend = jax.default_backend()
-  return "gpu" if backend in ("cuda", "rocm") else backend
 
 
 def _align(interpret: bool) -> tuple[int, int, int]:
@@ -85,7 +71,7 @@ def block_errors(blocks, interpret: bool) -> str | None:
 
 def default_blocks(m: int, n: int, k: int, interpret: bool) -> tuple[int, int, int]:
   """DEFAULT_BLOCKS, each shrunk to the smallest aligned size covering a small dimension."""
-  return tuple(min(d, _round_up(size, a))
+  return tuple(min(d, round_up(size, a))
                for d, size, a in zip(DEFAULT_BLOCKS, (m, n, k), _align(interpret)))
 
 
@@ -217,7 +203,7 @@ def int8_matmul(x_q, w_q, x_scale, w_scale, *, block_m: int | None = None,
   dm, dn, dk = default_blocks(M, N, K, interpret)
   c = Config(block_m=block_m or dm, block_n=block_n or dn, block_k=block_k or dk,
              interpret=interpret)
-  Mp, Np, Kp = _round_up(M, c.block_m), _round_up(N, c.block_n), _round_up(K, c.block_k)
+  Mp, Np, Kp = round_up(M, c.block_m), round_up(N, c.block_n), round_up(K, c.block_k)
   x = jnp.pad(x_q, ((0, Mp - M), (0, Kp - K)))
   w = jnp.pad(w_q, ((0, Kp - K), (0, Np - N)))
   xs = jnp.pad(x_scale, (0, Mp - M))[:, None]

@@ -43,6 +43,8 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from pallas_kernels._tiling import cdiv, round_up, target
+
 DEFAULT_BLOCK = 128
 SUBLANES = 8
 TILE_BUDGET_BYTES = 8 * 2**20  # per-step tiles, of a TPU's default 16 MiB scoped VMEM
@@ -57,20 +59,9 @@ class Config:
   interpret: bool
 
 
-def cdiv(a: int, b: int) -> int:
-  return -(-a // b)
-
-
-def target(interpret: bool) -> str:
-  if interpret:
-    return "interpret"
-  backend = jax.default_backend()
-  return "gpu" if backend in ("cuda", "rocm") else backend
-
-
 def default_block(length: int) -> int:
   """DEFAULT_BLOCK, shrunk for short sequences to the smallest multiple of 8 covering them."""
-  return min(DEFAULT_BLOCK, cdiv(length, SUBLANES) * SUBLANES)
+  return min(DEFAULT_BLOCK, round_up(length, SUBLANES))
 
 
 def block_error(value: int) -> str | None:
@@ -225,7 +216,7 @@ def long_conv(u, k, *, block: int | None = None, block_c: int | None = None,
   T = block or default_block(L)
   nb = cdiv(L, T)
   bc = block_c or default_block_c(C, T, B, u.dtype.itemsize)
-  cp = cdiv(C, bc) * bc
+  cp = round_up(C, bc)
   tb = toeplitz_blocks(jnp.pad(k, ((0, 0), (0, cp - C))), T, nb * T)
   ut = jnp.pad(u, ((0, 0), (0, nb * T - L), (0, cp - C))).transpose(2, 1, 0)
   y = _block_toeplitz(Config(block=T, block_c=bc, blocks=nb, interpret=interpret), tb, ut)

@@ -8,6 +8,7 @@ from absl import app
 import pytest
 
 from experiments import bench_kernels
+from experiments.kernel_bench import attention, int8_matmul, long_conv
 
 
 def test_quick_run_writes_every_number(run_python, tmp_path):
@@ -70,7 +71,7 @@ def test_quick_run_writes_every_number(run_python, tmp_path):
   i8 = r["ops"]["int8_matmul"]
   assert i8["config"]["dispatch_implementation"] == "xla"
   assert [(row["M"], row["K"], row["N"]) for row in i8["rows"]] == [
-      bench_kernels._parse_mkn(t) for t in st["int8_shapes"]]
+      int8_matmul.parse_mkn(t) for t in st["int8_shapes"]]
   for row in i8["rows"]:
     assert set(row["memory"]) == set(row["median_s"]) == {"int8", "fake_quant", "f32"}
     for m in row["memory"].values():
@@ -85,18 +86,18 @@ def test_quick_run_writes_every_number(run_python, tmp_path):
 
 def test_growth_order_and_crossover():
   lengths = [256, 512, 1024, 2048]
-  linear = bench_kernels.growth(lengths, [100 + 3 * L for L in lengths])
-  quadratic = bench_kernels.growth(lengths, [100 + L * L for L in lengths])
+  linear = attention.growth(lengths, [100 + 3 * L for L in lengths])
+  quadratic = attention.growth(lengths, [100 + L * L for L in lengths])
   assert all(f <= 2 for f in linear["factor_per_doubling"])
   assert all(math.isclose(p, 1.0) for p in linear["order"])
   assert all(math.isclose(p, 2.0) for p in quadratic["order"])
-  assert bench_kernels.crossover([64, 128, 256], [0.5, 2.0, 3.0]) == 128
-  assert bench_kernels.crossover([64, 128, 256], [2.0, 0.5, 3.0]) == 256
-  assert bench_kernels.crossover([64, 128, 256], [2.0, 3.0, 0.5]) is None
+  assert long_conv.crossover([64, 128, 256], [0.5, 2.0, 3.0]) == 128
+  assert long_conv.crossover([64, 128, 256], [2.0, 0.5, 3.0]) == 256
+  assert long_conv.crossover([64, 128, 256], [2.0, 3.0, 0.5]) is None
 
 
 def test_ops_help_and_int8_shapes():
   assert all(op in bench_kernels.FLAGS["ops"].help for op in bench_kernels.BENCHMARKS)
-  assert bench_kernels._parse_mkn("4096x256x1024") == (4096, 256, 1024)
+  assert int8_matmul.parse_mkn("4096x256x1024") == (4096, 256, 1024)
   with pytest.raises(app.UsageError, match="MxKxN"):
-    bench_kernels._parse_mkn("64x128")
+    int8_matmul.parse_mkn("64x128")

@@ -1,0 +1,21 @@
+"""Tiling helpers shared by the Pallas kernels (pallas.py of each op)."""
+
+import jax
+
+
+def cdiv(a: int, b: int) -> int:
+  """ceil(a / b) for ints."""
+  return -(-a // b)
+
+
+def round_up(n: int, m: int) -> int:
+  """The smallest multiple of m that is >= n."""
+  return cdiv(n, m) * m
+
+
+def target(interpret: bool) -> str:
+  """'interpret', 'tpu', 'gpu' or another backend name: which layout rules apply."""
+  if interpret:
+    return "interpret"
+  backend = jax.default_backend()
+  return "gpu" if backend in ("cuda", "rocm") else backend
