@@ -8,7 +8,7 @@
     layers scaled by L^(-1/(2m-2)) for L branches of m layers (`fixup_scales`); scalar biases
     and a multiplier are model-side (ResNet, `init_scheme="fixup"`).
   * ReZero / SkipInit (Bachlechner et al. 2020; De & Smith 2020): a learned scalar branch gain
-    initialised 0 (`branch_gain="rezero"`; the layer is jaxlab.models.layers.ScalarGain).
+    initialised 0 (`branch_gain="rezero"`; the layer is jaxlab.models.norms.ScalarGain).
   * Mimetic attention init (Trockman & Kolter 2023, "Mimetic Initialization of Self-Attention
     Layers", Sec. 3): W_q W_k^T ~ alpha1 I + beta1 Z1 per head and W_v W_o ~ -alpha2 I + beta2 Z2,
     Z ~ N(0, 1/d), each product's factors taken from its SVD (`mimetic_inits`;

@@ -11,8 +11,10 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxlab.models.layers import (LOGICAL_AXES, Attention, Conv, Dense, Embed, FeedForward,
-                                  LayerNorm, PositionEmbedding, Readout, RMSNorm, num_params)
+from jaxlab.models.attention import Attention
+from jaxlab.models.layers import (LOGICAL_AXES, Conv, Dense, Embed, FeedForward, PositionEmbedding,
+                                  Readout, num_params)
+from jaxlab.models.norms import LayerNorm, RMSNorm
 from jaxlab.models.convnext import ConvNeXt, ConvNeXtBlock
 from jaxlab.models.longconv import LongConvBlock, LongConvLM
 from jaxlab.models.mlp import MLP

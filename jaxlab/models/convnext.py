@@ -31,8 +31,8 @@ import jax.numpy as jnp
 
 import pallas_kernels
 from jaxlab.models.depthwise import depthwise_conv
-from jaxlab.models.layers import (Conv, FeedForward, LayerNorm, Readout, make_param,
-                                  scale_param)
+from jaxlab.models.layers import Conv, FeedForward, Readout, make_param, scale_param
+from jaxlab.models.norms import LayerNorm
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.param.roles import INPUT, NORM
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.depth import init_schemes
-from jaxlab.models.layers import Conv, LayerNorm, Readout, ScalarBias, ScalarGain, scale
+from jaxlab.models.layers import Conv, Readout, scale
+from jaxlab.models.norms import LayerNorm, ScalarBias, ScalarGain
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.param.roles import INPUT
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.depth import init_schemes, placement
-from jaxlab.models.layers import (Attention, Embed, FeedForward, PositionEmbedding, Readout,
-                                  ScalarGain, attention_implementation, norm_class)
+from jaxlab.models.attention import Attention, attention_implementation
+from jaxlab.models.layers import Embed, FeedForward, PositionEmbedding, Readout
+from jaxlab.models.norms import ScalarGain, norm_class
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 
@@ -63,7 +64,7 @@ class Block(nn.Module):
   init_scheme: str = "default"
   attention_init: str = "default"
   width: int | None = None
-  attention_impl: str = "auto"  # pallas_kernels.attention implementation (layers.Attention)
+  attention_impl: str = "auto"  # pallas_kernels.attention implementation (attention.Attention)
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask: jax.Array | None = None) -> jax.Array:

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.depth import placement
-from jaxlab.models.layers import Conv, LayerNorm, PositionEmbedding, Readout, make_param
+from jaxlab.models.layers import Conv, PositionEmbedding, Readout, make_param
+from jaxlab.models.norms import LayerNorm
 from jaxlab.models.transformer import Block, check_depth_keys
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.param.roles import INPUT

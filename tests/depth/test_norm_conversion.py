@@ -93,7 +93,7 @@ def test_conversion_preserves_outputs(source, windows):
 def test_crmsnorm_is_rmsnorm_of_the_implied_vector():
   x = np.random.default_rng(0).standard_normal((3, 7)).astype(np.float32)
   full = np.concatenate([x, -x.sum(-1, keepdims=True)], -1)
-  y = models.layers.CRMSNorm().apply({}, x)
+  y = models.norms.CRMSNorm().apply({}, x)
   ref = full / np.sqrt((full ** 2).mean(-1, keepdims=True) + 1e-5)
   np.testing.assert_allclose(y, ref[:, :-1], rtol=1e-5, atol=1e-6)
 

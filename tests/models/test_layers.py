@@ -9,7 +9,7 @@ import pytest
 
 import pallas_kernels
 from jaxlab import param
-from jaxlab.models import layers
+from jaxlab.models import attention, layers, norms
 from jaxlab.models.rope import apply_rope
 from jaxlab.quant.policy import QuantPolicy
 from jaxlab.param import roles
@@ -67,10 +67,10 @@ def _normal(seed, shape):
      {"['embedding']": ("input", 11, 5, ("vocab", "embed"))}),
     (layers.PositionEmbedding(9, 5), (4,),
      {"['embedding']": ("input", 9, 5, ("position", "embed"))}),
-    (layers.LayerNorm(), (X,), {"['scale']": ("norm", 5, 5, ("embed",)),
+    (norms.LayerNorm(), (X,), {"['scale']": ("norm", 5, 5, ("embed",)),
                                 "['bias']": ("bias", 1, 5, ("embed",))}),
-    (layers.RMSNorm(), (X,), {"['scale']": ("norm", 5, 5, ("embed",))}),
-    (layers.Attention(2, head_dim=3, num_kv_heads=1, use_bias=False), (np.ones((1, 4, 5), np.float32),),
+    (norms.RMSNorm(), (X,), {"['scale']": ("norm", 5, 5, ("embed",))}),
+    (attention.Attention(2, head_dim=3, num_kv_heads=1, use_bias=False), (np.ones((1, 4, 5), np.float32),),
      {"['qkv']['kernel']": ("hidden", 5, 12, ("embed", "heads")),
       "['out']['kernel']": ("hidden", 6, 5, ("heads", "embed"))}),
 ])
@@ -94,7 +94,7 @@ def test_sp_init_std_and_fixed_inits():
   assert abs(std * np.sqrt(512) - 1.0) < 0.05
   assert abs(float(np.mean(params["kernel"]))) < 0.01 / np.sqrt(512) * 10
   assert np.all(params["bias"] == 0)
-  norm = param.unbox(_init(layers.LayerNorm(), np.ones((1, 8), np.float32)))
+  norm = param.unbox(_init(norms.LayerNorm(), np.ones((1, 8), np.float32)))
   assert np.all(norm["scale"] == 1) and np.all(norm["bias"] == 0)
   emb = param.unbox(_init(layers.Embed(1024, 64), np.zeros((1,), np.int32)))
   assert abs(float(np.std(emb["embedding"])) * 32 - 1.0) < 0.05
@@ -139,7 +139,7 @@ def _norm_ref(x, eps, center):
   return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps)
 
 
-@pytest.mark.parametrize("cls,center", [(layers.LayerNorm, True), (layers.RMSNorm, False)])
+@pytest.mark.parametrize("cls,center", [(norms.LayerNorm, True), (norms.RMSNorm, False)])
 def test_norms_match_reference(cls, center):
   x = _normal(4, (3, 8)) * 3 + 1
   m = cls()
@@ -177,7 +177,7 @@ def test_attention_op_padding_mask():
 
 def test_attention_module_matches_reference():
   x = _normal(7, (2, 5, 8))
-  m = layers.Attention(2, causal=True, use_bias=False)
+  m = attention.Attention(2, causal=True, use_bias=False)
   params = param.unbox(_init(m, x))
   y = _apply(m, params, x)
   qkv = (x @ np.asarray(params["qkv"]["kernel"])).reshape(2, 5, 3, 2, 4)
@@ -209,7 +209,7 @@ def test_rope_preserves_norm_and_is_relative():
     (layers.Conv(4, 3), (np.ones((1, 4, 4, 2), np.float32),), None),
     (layers.Embed(6, 5), (np.array([0, 3]),), None),
     (layers.Embed(6, 5), (X,), layers.Embed.attend),
-    (layers.LayerNorm(), (X * np.arange(5.0, dtype=np.float32),), None),
+    (norms.LayerNorm(), (X * np.arange(5.0, dtype=np.float32),), None),
     (layers.PositionEmbedding(4, 5), (3,), None),
 ])
 def test_forward_multiplier_honoured(module, args, method):
@@ -228,6 +228,6 @@ def test_quant_policy_sees_module_path():
       seen.append(module_path)
       return super().dot_general(module_path)
 
-  m = layers.Attention(2, quant=Spy())
+  m = attention.Attention(2, quant=Spy())
   _init(m, np.ones((1, 3, 4), np.float32))
   assert seen == ["qkv", "out"]

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from jaxlab import models, optim, param
-from jaxlab.models import layers
+from jaxlab.models import attention, layers, norms
 from jaxlab.param import roles
 from jaxlab.param.unit_scaling import gaussian_rms, scale_bwd, scale_fwd, scaled_op
 from jaxlab.train import tasks
@@ -104,7 +104,7 @@ def test_activation_is_unit_scaled(name):
 
 @pytest.mark.parametrize("name", ["layernorm", "rmsnorm"])
 def test_norm_is_unit_scaled(name):
-  y, gx, gp = unit_stats(layers.norm_class(name)(parametrization=UMUP), X)
+  y, gx, gp = unit_stats(norms.norm_class(name)(parametrization=UMUP), X)
   assert_unit(y, "output")
   assert_unit(gx, "input gradient")
   for path, g in gp.items():
@@ -122,7 +122,7 @@ def test_feed_forward_is_unit_scaled():
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_is_unit_scaled(causal):
-  y, gx, gp = unit_stats(layers.Attention(4, causal=causal, use_bias=False,
+  y, gx, gp = unit_stats(attention.Attention(4, causal=causal, use_bias=False,
                                           parametrization=UMUP), X)
   assert_unit(y, "output")
   assert_unit(gx, "input gradient")

@@ -1,0 +1,124 @@
+"""Normalisation layers and learned scalar gains/biases (jaxlab.models.layers' contract: every
+parameter through make_param with its role and fans; gains are NORM-role with fan_in = fan_out =
+features, biases BIAS-role with fan_in = 1)."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxlab.models.layers import make_param, scale_param
+from jaxlab.param.base import SP, Parametrization
+from jaxlab.param.roles import BIAS, NORM
+from jaxlab.quant.policy import NO_QUANT, QuantPolicy
+
+Dtype = Any
+
+
+class _Norm(nn.Module):
+  epsilon: float = 1e-5
+  use_scale: bool = True
+  use_bias: bool = True
+  axis_name: str = "embed"
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT  # unused; uniform layer interface
+  dtype: Dtype = jnp.float32
+
+  def _affine(self, y: jax.Array) -> jax.Array:
+    p, d = self.parametrization, y.shape[-1]
+    batch = y.size // d
+    if self.use_scale:
+      gain = make_param(self, "scale", (d,), names=(self.axis_name,), role=NORM, fan_in=d,
+                        fan_out=d, parametrization=p)
+      y = y * scale_param(gain, p.op_scales(NORM, d, d, batch))
+    if self.use_bias:
+      bias = make_param(self, "bias", (d,), names=(self.axis_name,), role=BIAS, fan_in=1,
+                        fan_out=d, parametrization=p)
+      y = y + scale_param(bias, p.op_scales(BIAS, 1, d, batch))
+    return y.astype(self.dtype)
+
+
+class LayerNorm(_Norm):
+  """(x - mean) / sqrt(var + eps) * g + b over the last axis (Ba et al. 2016), in f32."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    xc = x - jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xc), axis=-1, keepdims=True)
+    return self._affine(xc * jax.lax.rsqrt(var + self.epsilon))
+
+
+class RMSNorm(_Norm):
+  """x / sqrt(mean(x^2) + eps) * g over the last axis (Zhang & Sennrich 2019), in f32."""
+
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    ms = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    return self._affine(x * jax.lax.rsqrt(ms + self.epsilon))
+
+
+class CRMSNorm(_Norm):
+  """Compressed RMSNorm (Jiang et al. 2023, "Pre-RMSNorm and Pre-CRMSNorm Transformers", Eq. 9):
+  x [..., d-1] holds the first d-1 coordinates of a zero-mean d-vector whose last coordinate is
+  -sum(x); returns x / sqrt((sum(x^2) + sum(x)^2) / d + eps), that vector's RMSNorm without its
+  implied last coordinate. No gain or bias by default: they are folded into the next linear
+  layer (jaxlab.depth.norm_conversion), as an elementwise gain cannot act on the implied one.
+  """
+
+  use_scale: bool = False
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    d = x.shape[-1] + 1
+    ss = jnp.sum(jnp.square(x), axis=-1, keepdims=True) + jnp.square(
+        jnp.sum(x, axis=-1, keepdims=True))
+    return self._affine(x * jax.lax.rsqrt(ss / d + self.epsilon))
+
+
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "crmsnorm": CRMSNorm}
+
+
+def norm_class(name: str) -> type[_Norm]:
+  if name not in NORMS:
+    raise ValueError(f"unknown norm {name!r}; valid: {', '.join(NORMS)}")
+  return NORMS[name]
+
+
+class ScalarGain(nn.Module):
+  """x * g for one learned scalar g (role NORM, fan 1) initialised to `init_value`: ReZero /
+  SkipInit branch gains (init 0; Bachlechner et al. 2020, De & Smith 2020), Fixup's branch
+  multiplier (init 1; Zhang et al. 2019)."""
+
+  init_value: float = 1.0
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT  # unused; uniform layer interface
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p, v = self.parametrization, self.init_value
+    g = make_param(self, "scale", (), names=(), role=NORM, fan_in=1, fan_out=1,
+                   parametrization=p, init=lambda key, shape, std: jnp.full(shape, v))
+    g = scale_param(g.astype(self.dtype), p.op_scales(NORM, 1, 1, x.size))
+    return x * g
+
+
+class ScalarBias(nn.Module):
+  """x + b for one learned scalar b (role BIAS, fan 1, init 0): Fixup's scalar biases."""
+
+  parametrization: Parametrization = SP()
+  quant: QuantPolicy = NO_QUANT  # unused; uniform layer interface
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p = self.parametrization
+    b = make_param(self, "bias", (), names=(), role=BIAS, fan_in=1, fan_out=1, parametrization=p)
+    return x + scale_param(b.astype(self.dtype), p.op_scales(BIAS, 1, 1, x.size))
