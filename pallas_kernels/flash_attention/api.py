@@ -25,11 +25,14 @@ IMPLEMENTATIONS = ("pallas", "pallas_interpret", "xla", "xla_chunked")
 DTYPES = (jnp.float32, jnp.bfloat16)
 
 
-def default_implementation(num_logits: int | None = None) -> str:
-  """What implementation=None runs for logits of `num_logits` elements (None: long sequences)."""
+def default_implementation(num_logits: int | None = None, kv_len: int | None = None) -> str:
+  """What implementation=None runs for logits of `num_logits` elements over `kv_len` keys (None:
+  long sequences). CPU: dense while the logits fit (DENSE_MAX_LOGITS) and kv_len is below
+  DENSE_MAX_KV_LEN, where the chunked path starts to win (docs/results/kernels.md)."""
   if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu"):
     return "pallas"
-  dense_fits = num_logits is not None and num_logits <= dense.DENSE_MAX_LOGITS
+  dense_fits = (num_logits is not None and num_logits <= dense.DENSE_MAX_LOGITS
+                and (kv_len is None or kv_len < dense.DENSE_MAX_KV_LEN))
   return "xla" if dense_fits else "xla_chunked"
 
 
@@ -129,7 +132,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
                        "segment_ids")
 
   impl = implementation or ("xla" if mask is not None
-                            else default_implementation(B * H * Lq * Lk))
+                            else default_implementation(B * H * Lq * Lk, Lk))
   if impl in ("pallas", "pallas_interpret"):
     interpret = impl == "pallas_interpret"
     reason = pallas.unsupported_reason(q.shape, k.shape, q.dtype, interpret=interpret,

@@ -1,6 +1,7 @@
 """Dense softmax attention (Vaswani et al. 2017, eq. 1) in plain XLA with a hand-written VJP:
-pallas_kernels.attention's "xla" path, the fastest one on CPU while the [B, H, Lq, Lk] logits fit
-in memory (the default there up to DENSE_MAX_LOGITS; longer sequences take "xla_chunked").
+pallas_kernels.attention's "xla" path, the fastest one on CPU for short sequences whose
+[B, H, Lq, Lk] logits fit in memory (the default there up to DENSE_MAX_LOGITS logits and below
+DENSE_MAX_KV_LEN keys; beyond either, "xla_chunked").
 
 Heads are moved ahead of the sequence ([B, K, G*L, D], G query heads per kv head) so every
 einsum is a plain batched matmul; the backward pass is the standard softmax-attention gradient
@@ -20,6 +21,9 @@ from pallas_kernels.flash_attention.reference import visible
 MASKED = -1e30  # additive bias of masked logits: exp underflows to exactly 0, no inf - inf
 CAUSAL_SPLIT_MIN_LEN = 128  # below this the two half-size matmuls cost more than they save
 DENSE_MAX_LOGITS = 2 ** 25  # batch*heads*q_len*kv_len up to which CPU defaults to this path
+# ... and kv_len from which it does not: measured fwd+bwd (batch 1, 4 heads, causal) dense is
+# 1.4x faster than chunked at 512 keys, chunked 1.2x faster at 1024 (docs/results/kernels.md).
+DENSE_MAX_KV_LEN = 1024
 
 
 @jax.custom_vjp

@@ -237,6 +237,8 @@ def test_cpu_defaults_to_dense_then_chunked_and_compiled_pallas_falls_back_with_
   assert api.default_implementation() == "xla_chunked"
   assert api.default_implementation(16 * 4 * 256 * 256) == "xla"
   assert api.default_implementation(dense.DENSE_MAX_LOGITS + 1) == "xla_chunked"
+  assert api.default_implementation(16 * 4 * 256 * 256, kv_len=256) == "xla"
+  assert api.default_implementation(4 * 1024 * 1024, kv_len=dense.DENSE_MAX_KV_LEN) == "xla_chunked"
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(1, 10, 2, 8)), jnp.float32)
   with caplog.at_level(logging.WARNING):
