@@ -46,6 +46,8 @@ _BASE_DEPTH = flags.DEFINE_integer("base_depth", 0, "base depth of depth-aware p
 _PARAMS = flags.DEFINE_list("parametrizations", ["sp", "mup"], "jaxlab.param names")
 _LRS = flags.DEFINE_list("log2_lrs", ["-14", "-3"], "first,last log2 peak LR (step 1)")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "seeds per (width, LR), a second vmapped axis")
+_FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "init seeds are first_seed ... first_seed + "
+                                   "seeds - 1 (the data order follows config.seed)")
 _STEPS = flags.DEFINE_integer("steps", 300, "training steps per run")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 0,
                                    "examples in the final eval batch (0 = config.eval_batch_size)")
@@ -78,7 +80,10 @@ def main(argv):
                                  batch_size=_EVAL_BATCH.value or config.eval_batch_size))
   lo, hi = map(int, _LRS.value)
   lrs = np.array([2.0**k for k in range(lo, hi + 1)], np.float32)
-  seeds = np.arange(_SEEDS.value, dtype=np.uint32)
+  if _FIRST_SEED.value < 0 or _SEEDS.value < 1:
+    raise ValueError(f"--first_seed must be >= 0 and --seeds >= 1 (got {_FIRST_SEED.value}, "
+                     f"{_SEEDS.value})")
+  seeds = np.arange(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value, dtype=np.uint32)
   axis = "depth" if _DEPTHS.value else "width"
   sizes = list(map(int, _DEPTHS.value or _WIDTHS.value))
   mesh = lr_mesh(len(lrs))
@@ -117,7 +122,7 @@ def main(argv):
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "lr_transfer.json"), "w") as f:
     json.dump({"axis": axis, "results": results, "timing": timing, "steps": _STEPS.value,
-               "config": config.to_dict()}, f, indent=1, default=str)
+               "seeds": seeds.tolist(), "config": config.to_dict()}, f, indent=1, default=str)
   fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
   for ax, (name, by_width) in zip(axes[0], results.items()):
     for width, r in by_width.items():

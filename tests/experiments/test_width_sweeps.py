@@ -28,6 +28,7 @@ def test_lr_transfer_cli(run_python, tfds_data_dir, tmp_path):
   assert all(len(per_seed) == 2 for per_seed in r["eval_loss"])
   assert -10 <= r["best_log2_lr"] <= -4
   assert out["timing"]["num_lrs"] == 7 and out["timing"]["speedup"] > 0
+  assert out["seeds"] == [0, 1]
   assert out["results"]["mup"]["16"] == {**out["results"]["sp"]["16"],
                                         "seconds": out["results"]["mup"]["16"]["seconds"]}
   assert (tmp_path / "lr_transfer.png").stat().st_size > 10_000
@@ -42,10 +43,11 @@ def test_lr_transfer_depth_cli(run_python, tfds_data_dir, tmp_path):
                     "--config.eval_batch_size=4",
                     "--depths=1,2", "--base_depth=1", "--base_width=32",
                     "--parametrizations=mup,depth_mup", "--log2_lrs=-8,-6", "--steps=4",
-                    "--time_sequential=false", f"--workdir={tmp_path}")
+                    "--first_seed=3", "--time_sequential=false", f"--workdir={tmp_path}")
   assert done.returncode == 0, done.stderr[-3000:]
   out = json.loads((tmp_path / "lr_transfer.json").read_text())
   assert out["axis"] == "depth" and set(out["results"]["depth_mup"]) == {"1", "2"}
+  assert out["seeds"] == [3]
   base_mup, base_dmup = out["results"]["mup"]["1"], out["results"]["depth_mup"]["1"]
   assert base_mup["eval_loss"] == base_dmup["eval_loss"]  # L = L_base: identical runs
   assert out["results"]["mup"]["2"]["eval_loss"] != out["results"]["depth_mup"]["2"]["eval_loss"]
