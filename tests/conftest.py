@@ -4,10 +4,11 @@ Tests compile many small programs and run each for a few steps, so compile time 
 CPU: the session (and every subprocess it starts) compiles with LLVM's cheap pipeline
 (`TEST_XLA_FLAGS`, appended to any XLA_FLAGS already set) and shares a persistent compilation
 cache between the xdist workers and the CLI subprocesses (the same train step is compiled by
-several resume / CLI runs). Numerics do not depend on either; benchmarks (experiments.bench*)
-run with the default flags.
+several resume / CLI runs). Tests compare results computed under these same settings, so they
+stay valid; benchmarks (experiments.bench*) run with XLA's default flags.
 """
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,9 +23,19 @@ def _with_test_flags(flags: str) -> str:
 
 
 os.environ["XLA_FLAGS"] = _with_test_flags(os.environ.get("XLA_FLAGS", ""))
-# One cache per pytest session (the xdist workers inherit the controller's environment).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxlab_xla_cache_"))
+# One cache per pytest session: the process that creates it (the xdist controller, or a plain
+# pytest run) removes it at the end; workers inherit its environment and reuse it.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="jaxlab_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')
