@@ -13,6 +13,11 @@ def round_up(n: int, m: int) -> int:
   return cdiv(n, m) * m
 
 
+def next_pow2(n: int) -> int:
+  """The smallest power of 2 that is >= n (1 for n <= 1)."""
+  return 1 if n <= 1 else 2 ** (n - 1).bit_length()
+
+
 def target(interpret: bool) -> str:
   """'interpret', 'tpu', 'gpu' or another backend name: which layout rules apply."""
   if interpret:

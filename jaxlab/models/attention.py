@@ -1,23 +1,18 @@
 """Multi-head self-attention layer (fused qkv projection, optional RoPE and grouped-query heads)
 built on jaxlab.models.layers.Dense; the attention core is pallas_kernels.attention."""
 
-import functools
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 import pallas_kernels
 from jaxlab.depth.init_schemes import KernelInit
-from jaxlab.models.layers import Dense
+from jaxlab.models.layers import Dense, Dtype, split_last
 from jaxlab.models.rope import apply_rope
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.param.roles import HIDDEN
 from jaxlab.param.unit_scaling import scale_bwd, scale_fwd
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
-
-Dtype = Any
 
 
 def scale_columns(init: KernelInit | None, start: int, factor: float) -> KernelInit:
@@ -28,24 +23,6 @@ def scale_columns(init: KernelInit | None, start: int, factor: float) -> KernelI
     return w.at[..., start:].multiply(factor)
 
   return fn
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def split_last(x: jax.Array, points: tuple[int, ...]) -> tuple[jax.Array, ...]:
-  """jnp.split along the last axis whose VJP concatenates the cotangents (autodiff would pad
-  each one to full width and add them, several times slower on XLA:CPU)."""
-  return tuple(jnp.split(x, points, axis=-1))
-
-
-def _split_last_fwd(x, points):
-  return split_last(x, points), None
-
-
-def _split_last_bwd(points, _, cotangents):
-  return (jnp.concatenate(cotangents, axis=-1),)
-
-
-split_last.defvjp(_split_last_fwd, _split_last_bwd)
 
 
 ATTENTION_IMPLEMENTATIONS = ("auto",) + pallas_kernels.IMPLEMENTATIONS

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 
 import pallas_kernels
 from jaxlab.models.depthwise import depthwise_conv
-from jaxlab.models.attention import split_last
-from jaxlab.models.layers import Dense, Embed, FeedForward, Readout, make_param, scale_param
+from jaxlab.models.layers import (Dense, Embed, FeedForward, Readout, make_param, scale_param,
+                                  split_last)
 from jaxlab.models.norms import norm_class
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.param.roles import INPUT, NORM

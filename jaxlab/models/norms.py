@@ -2,18 +2,14 @@
 parameter through make_param with its role and fans; gains are NORM-role with fan_in = fan_out =
 features, biases BIAS-role with fan_in = 1)."""
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlab.models.layers import make_param, scale_param
+from jaxlab.models.layers import Dtype, make_param, scale_param
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.param.roles import BIAS, NORM
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
-
-Dtype = Any
 
 
 class _Norm(nn.Module):

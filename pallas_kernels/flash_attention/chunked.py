@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels._tiling import cdiv
 from pallas_kernels.flash_attention.reference import visible
 
 DEFAULT_BLOCK_Q = 512
@@ -49,10 +50,6 @@ class Config:
   @property
   def key_padding(self) -> bool:
     return self.k_len % self.block_k != 0
-
-
-def cdiv(a: int, b: int) -> int:
-  return -(-a // b)
 
 
 def _div(x, d: int):

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from pallas_kernels._tiling import next_pow2, round_up, target
 from pallas_kernels.flash_attention import chunked
 from pallas_kernels.flash_attention.reference import visible
 
@@ -55,35 +56,19 @@ class Config(chunked.Config):
   interpret: bool = False
 
 
-def _next_pow2(n: int) -> int:
-  return 1 if n <= 1 else 2 ** (n - 1).bit_length()
-
-
-def _round_up(n: int, m: int) -> int:
-  return chunked.cdiv(n, m) * m
-
-
-def target(interpret: bool) -> str:
-  """'interpret', 'tpu' or 'gpu': which layout rules apply."""
-  if interpret:
-    return "interpret"
-  backend = jax.default_backend()
-  return "gpu" if backend in ("cuda", "rocm") else backend
-
-
 def padded_head_dim(head_dim: int, interpret: bool) -> int:
   t = target(interpret)
   if t == "tpu":
-    return _round_up(head_dim, 128)
+    return round_up(head_dim, 128)
   if t == "gpu":
-    return max(16, _next_pow2(head_dim))
-  return _round_up(head_dim, 8)
+    return max(16, next_pow2(head_dim))
+  return round_up(head_dim, 8)
 
 
 def block_size_error(name: str, value: int, interpret: bool) -> str | None:
   """Why `value` is not a valid block size on this target, or None if it is."""
   if target(interpret) == "gpu":
-    if value < 16 or value != _next_pow2(value):
+    if value < 16 or value != next_pow2(value):
       return f"{name}={value}: Pallas on GPU needs a power of two >= 16"
   elif value % 8:
     return f"{name}={value}: Pallas needs a multiple of 8 (TPU sublanes)"
@@ -93,8 +78,8 @@ def block_size_error(name: str, value: int, interpret: bool) -> str | None:
 def default_block(seq_len: int, interpret: bool) -> int:
   """DEFAULT_BLOCK, shrunk for short sequences to the smallest valid size covering them."""
   if target(interpret) == "gpu":
-    return min(DEFAULT_BLOCK, max(16, _next_pow2(seq_len)))
-  return min(DEFAULT_BLOCK, _round_up(seq_len, 8))
+    return min(DEFAULT_BLOCK, max(16, next_pow2(seq_len)))
+  return min(DEFAULT_BLOCK, round_up(seq_len, 8))
 
 
 def unsupported_reason(q_shape, k_shape, dtype, *, interpret: bool, block_q: int | None = None,
@@ -114,7 +99,7 @@ def unsupported_reason(q_shape, k_shape, dtype, *, interpret: bool, block_q: int
   if t == "tpu":
     bq = block_q or default_block(Lq, interpret)
     bk = block_k or default_block(Lk, interpret)
-    lq, lk = _round_up(Lq, bq), _round_up(Lk, bk)
+    lq, lk = round_up(Lq, bq), round_up(Lk, bk)
     item = jnp.dtype(dtype).itemsize
     # double-buffered whole-sequence blocks; [seq, 1] f32 columns occupy 128 lanes each
     fwd = 2 * 2 * lk * Dp * item
@@ -314,7 +299,7 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None, kv_segment_i
   Lk, K = k.shape[1], k.shape[2]
   bq = block_q or default_block(Lq, interpret)
   bk = block_k or default_block(Lk, interpret)
-  lq, lk = _round_up(Lq, bq), _round_up(Lk, bk)
+  lq, lk = round_up(Lq, bq), round_up(Lk, bk)
   dp = padded_head_dim(D, interpret)
   c = Config(causal=causal, window=window, softcap=softcap,
              scale=D ** -0.5 if scale is None else float(scale), q_len=Lq, k_len=Lk,

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels._tiling import next_pow2, round_up, target
 from pallas_kernels.fused_norm.reference import layer_scale, normalize
 
 DEFAULT_BLOCK_ROWS = 256
@@ -54,28 +55,8 @@ class Config:
   interpret: bool
 
 
-def cdiv(a: int, b: int) -> int:
-  return -(-a // b)
-
-
-def _round_up(n: int, m: int) -> int:
-  return cdiv(n, m) * m
-
-
 def _is_pow2(n: int) -> bool:
   return n >= 1 and n & (n - 1) == 0
-
-
-def _next_pow2(n: int) -> int:
-  return 1 if n <= 1 else 2 ** (n - 1).bit_length()
-
-
-def target(interpret: bool) -> str:
-  """'interpret', 'tpu', 'gpu' or another backend name: which layout rules apply."""
-  if interpret:
-    return "interpret"
-  backend = jax.default_backend()
-  return "gpu" if backend in ("cuda", "rocm") else backend
 
 
 def row_align(dtype, interpret: bool) -> int:
@@ -107,12 +88,12 @@ def _vmem_bytes(block_rows: int, features: int, itemsize: int) -> int:
 def default_block_rows(rows: int, features: int, dtype, interpret: bool) -> int:
   """DEFAULT_BLOCK_ROWS, shrunk for few rows and (TPU) to fit VMEM_BUDGET_BYTES."""
   if target(interpret) == "gpu":
-    return min(DEFAULT_BLOCK_ROWS, _next_pow2(rows))
+    return min(DEFAULT_BLOCK_ROWS, next_pow2(rows))
   align = row_align(dtype, interpret)
-  block = min(DEFAULT_BLOCK_ROWS, _round_up(rows, align))
+  block = min(DEFAULT_BLOCK_ROWS, round_up(rows, align))
   itemsize = jnp.dtype(dtype).itemsize
   while block > align and _vmem_bytes(block, features, itemsize) > VMEM_BUDGET_BYTES:
-    block = max(align, _round_up(block // 2, align))
+    block = max(align, round_up(block // 2, align))
   return block
 
 
@@ -238,7 +219,7 @@ def fused_norm(x, scale, bias=None, *, kind: str = "layernorm", eps: float = 1e-
   block_rows = block_rows or default_block_rows(rows, features, x.dtype, interpret)
   c = Config(kind=kind, eps=float(eps), alpha=layer_scale(layer_index),
              has_bias=bias is not None, block_rows=block_rows, interpret=interpret)
-  xp = jnp.pad(x2, ((0, _round_up(rows, block_rows) - rows), (0, 0)))
+  xp = jnp.pad(x2, ((0, round_up(rows, block_rows) - rows), (0, 0)))
   y = _norm(c, xp, scale.reshape(1, features),
             None if bias is None else bias.reshape(1, features))
   return y[:rows].reshape(x.shape)

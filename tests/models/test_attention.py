@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxlab import param
-from jaxlab.models import attention, layers, transformer
+from jaxlab.models import layers, transformer
 
 
 def test_feed_forward_equals_token_major_formula():
@@ -39,7 +39,7 @@ def test_rope_and_qkv_split_vjps_match_autodiff():
 
   y = jax.random.normal(jax.random.PRNGKey(5), (2, 3, 10))
   cots = tuple(jax.random.normal(jax.random.PRNGKey(6 + i), (2, 3, n)) for i, n in enumerate((4, 2, 4)))
-  ours = jax.vjp(lambda y: attention.split_last(y, (4, 6)), y)[1](cots)[0]
+  ours = jax.vjp(lambda y: layers.split_last(y, (4, 6)), y)[1](cots)[0]
   ref = jax.vjp(lambda y: (y[..., :4], y[..., 4:6], y[..., 6:]), y)[1](cots)[0]
   np.testing.assert_array_equal(ours, ref)
 
