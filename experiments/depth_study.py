@@ -40,6 +40,9 @@ _PLACEMENTS = flags.DEFINE_list("placements", list(placement.PLACEMENTS), "norm 
 _DEPTH = flags.DEFINE_integer("depth", 12, "number of transformer blocks")
 _STEPS = flags.DEFINE_integer("steps", 600, "training steps per placement")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 32, "held-out windows for the diagnostics")
+_WARMUP = flags.DEFINE_integer(
+    "warmup_steps", None, "LR warmup steps for every placement (default: the config's "
+    "optim.warmup_steps, at most steps // 10); Post-LN needs a longer one (Xiong et al. 2020)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -50,7 +53,12 @@ def placement_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
                      f"{c.model.name!r}")
   c.model.norm_placement, c.model.num_layers = name, _DEPTH.value
   c.num_steps = _STEPS.value
-  c.optim.warmup_steps = min(c.optim.warmup_steps, _STEPS.value // 10)
+  if _WARMUP.value is None:
+    c.optim.warmup_steps = min(c.optim.warmup_steps, _STEPS.value // 10)
+  elif not 0 <= _WARMUP.value <= _STEPS.value:
+    raise ValueError(f"--warmup_steps={_WARMUP.value} must lie in [0, --steps={_STEPS.value}]")
+  else:
+    c.optim.warmup_steps = _WARMUP.value
   return c
 
 
@@ -121,7 +129,9 @@ def main(argv):
           f"variance last/first {r['variance_last_first']:.2f} ({time.perf_counter() - t0:.0f} s)")
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "depth_study.json"), "w") as f:
-    json.dump({"depth": _DEPTH.value, "steps": _STEPS.value, "results": results,
+    json.dump({"depth": _DEPTH.value, "steps": _STEPS.value,
+               "warmup_steps": placement_config(config, "pre").optim.warmup_steps,
+               "results": results,
                "config": config.to_dict()}, f, indent=1, default=str)
   with open(os.path.join(_WORKDIR.value, "depth_study.md"), "w") as f:
     f.write(table(results))
