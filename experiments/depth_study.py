@@ -114,6 +114,9 @@ def plot(results: dict, path: str) -> None:
 def main(argv):
   del argv
   config = _CONFIG.value
+  for name in _PLACEMENTS.value:  # bad flags fail before any data is read
+    placement.check(name)
+  warmup = placement_config(config, "pre").optim.warmup_steps
   spec = data.dataset_spec(config.data)
   train = stack_batches(data.make_train_iterator(config.data, batch_size=config.batch_size,
                                                  seed=config.seed), _STEPS.value)
@@ -121,7 +124,6 @@ def main(argv):
   evals = {k: v for k, v in evals.items() if k in ("inputs", "targets")}
   results = {}
   for name in _PLACEMENTS.value:
-    placement.check(name)
     t0 = time.perf_counter()
     results[name] = study_one(placement_config(config, name), spec, train, evals)
     r = results[name]
@@ -130,8 +132,7 @@ def main(argv):
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "depth_study.json"), "w") as f:
     json.dump({"depth": _DEPTH.value, "steps": _STEPS.value,
-               "warmup_steps": placement_config(config, "pre").optim.warmup_steps,
-               "results": results,
+               "warmup_steps": warmup, "results": results,
                "config": config.to_dict()}, f, indent=1, default=str)
   with open(os.path.join(_WORKDIR.value, "depth_study.md"), "w") as f:
     f.write(table(results))
