@@ -11,6 +11,11 @@ batch it measures the validation loss, the variance of the residual stream after
 block's parameters (max/min spread), the angular distance between consecutive blocks' inputs
 and the loss increase when each block is removed. Writes depth_study.json, depth_study.md (the
 table) and depth_study.png (variance and gradient norm per layer, one curve per placement).
+
+--learning_rates=3e-3,1e-3,3e-4 trains every placement at each LR: one table row per placement
+and LR, a val-loss-by-LR table with each placement's best LR, depth_study_lr.png (val loss vs LR)
+and depth_study.png at each placement's best LR. Post-LN, for one, only trains below the
+Pre-LN-tuned default (Xiong et al. 2020).
 """
 
 import json
@@ -43,11 +48,30 @@ _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 32, "held-out windows for 
 _WARMUP = flags.DEFINE_integer(
     "warmup_steps", None, "LR warmup steps for every placement (default: the config's "
     "optim.warmup_steps, at most steps // 10); Post-LN needs a longer one (Xiong et al. 2020)")
+_LRS = flags.DEFINE_list(
+    "learning_rates", None, "peak LRs to train every placement at (default: the config's "
+    "optim.learning_rate); with several, one row per placement and LR plus a best-LR table")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def placement_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+def learning_rates(config: ml_collections.ConfigDict) -> list[float]:
+  """--learning_rates as positive floats (the config's LR when the flag is not given)."""
+  if _LRS.value is None:
+    return [float(config.optim.learning_rate)]
+  try:
+    lrs = [float(v) for v in _LRS.value]
+  except ValueError:
+    lrs = []
+  if not lrs or not all(np.isfinite(lr) and lr > 0 for lr in lrs):
+    raise ValueError(f"--learning_rates={','.join(_LRS.value)} must be a comma-separated list of "
+                     "positive numbers, e.g. 3e-3,1e-3,3e-4")
+  return lrs
+
+
+def placement_config(config: ml_collections.ConfigDict, name: str,
+                     learning_rate: float) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(config.to_dict())
+  c.optim.learning_rate = learning_rate
   if c.model.name != "transformer":
     raise ValueError(f"the depth study trains the Transformer LM; config.model.name="
                      f"{c.model.name!r}")
@@ -76,7 +100,8 @@ def study_one(c, spec, train, evals) -> dict:
   removal = dd.layer_removal_loss_delta(
       model, params, evals, lambda logits, b: tasks.loss_and_metrics(logits, b, "lm")[0])
   to_list = lambda x: np.asarray(x, np.float64).tolist()  # noqa: E731
-  return {"val_loss": float(val_loss), "train_loss": to_list(losses),
+  return {"placement": c.model.norm_placement, "learning_rate": float(c.optim.learning_rate),
+          "val_loss": float(val_loss), "train_loss": to_list(losses),
           "block_variance": to_list(var["variance"]),
           "variance_last_first": float(var["last_first_ratio"]),
           "grad_norms": to_list(norms["norms"]), "grad_norm_max_min": float(norms["max_min_ratio"]),
@@ -86,19 +111,56 @@ def study_one(c, spec, train, evals) -> dict:
 
 
 def table(results: dict) -> str:
-  rows = ["| placement | val loss | grad-norm max/min | grad-norm CV | variance last/first | "
-          "least useful block (removal delta) |", "|---|---|---|---|---|---|"]
-  for name, r in results.items():
+  rows = ["| placement | LR | val loss | grad-norm max/min | grad-norm CV | variance last/first | "
+          "least useful block (removal delta) |", "|---|---|---|---|---|---|---|"]
+  for r in results.values():
     delta = np.asarray(r["removal_loss_delta"])
-    rows.append(f"| {name} | {r['val_loss']:.4f} | {r['grad_norm_max_min']:.2f} | "
+    rows.append(f"| {r['placement']} | {r['learning_rate']:g} | {r['val_loss']:.4f} | "
+                f"{r['grad_norm_max_min']:.2f} | "
                 f"{r['grad_norm_cv']:.2f} | {r['variance_last_first']:.2f} | "
                 f"block_{int(np.argmin(delta))} ({delta.min():+.4f}) |")
   return "\n".join(rows) + "\n"
 
 
+def best_runs(results: dict) -> dict:
+  """{placement: the key of its run with the lowest val loss} (non-finite losses lose)."""
+  best = {}
+  for key, r in results.items():
+    loss = r["val_loss"] if np.isfinite(r["val_loss"]) else np.inf
+    name = r["placement"]
+    if name not in best or loss < best[name][1]:
+      best[name] = (key, loss)
+  return {name: key for name, (key, _) in best.items()}
+
+
+def lr_table(results: dict) -> str:
+  """Val loss of every placement at every LR, and the best LR of each."""
+  lrs = sorted({r["learning_rate"] for r in results.values()}, reverse=True)
+  rows = ["| placement | " + " | ".join(f"val loss @ {lr:g}" for lr in lrs) + " | best LR |",
+          "|---|" + "---|" * (len(lrs) + 1)]
+  for name, key in best_runs(results).items():
+    by_lr = {r["learning_rate"]: r["val_loss"] for r in results.values()
+             if r["placement"] == name}
+    cells = [f"{by_lr[lr]:.4f}" if lr in by_lr else "-" for lr in lrs]
+    rows.append(f"| {name} | " + " | ".join(cells) + f" | {results[key]['learning_rate']:g} |")
+  return "\n".join(rows) + "\n"
+
+
+def plot_lr(results: dict, path: str) -> None:
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for name in best_runs(results):
+    runs = sorted((r["learning_rate"], r["val_loss"]) for r in results.values()
+                  if r["placement"] == name)
+    ax.plot(*zip(*runs), marker="o", ms=4, label=name)
+  ax.set(xscale="log", xlabel="peak learning rate", ylabel="val loss")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
 def plot(results: dict, path: str) -> None:
   fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-  for name, r in results.items():
+  for name, r in results.items():  # name: placement, or "placement@lr" in an LR sweep
     layers = np.arange(1, len(r["block_variance"]) + 1)
     axes[0].plot(layers, r["block_variance"], marker="o", ms=3, label=name)
     axes[1].plot(layers, r["grad_norms"], marker="o", ms=3, label=name)
@@ -116,7 +178,8 @@ def main(argv):
   config = _CONFIG.value
   for name in _PLACEMENTS.value:  # bad flags fail before any data is read
     placement.check(name)
-  warmup = placement_config(config, "pre").optim.warmup_steps
+  lrs = learning_rates(config)
+  warmup = placement_config(config, "pre", lrs[0]).optim.warmup_steps
   spec = data.dataset_spec(config.data)
   train = stack_batches(data.make_train_iterator(config.data, batch_size=config.batch_size,
                                                  seed=config.seed), _STEPS.value)
@@ -124,20 +187,27 @@ def main(argv):
   evals = {k: v for k, v in evals.items() if k in ("inputs", "targets")}
   results = {}
   for name in _PLACEMENTS.value:
-    t0 = time.perf_counter()
-    results[name] = study_one(placement_config(config, name), spec, train, evals)
-    r = results[name]
-    print(f"{name}: val loss {r['val_loss']:.4f}, grad-norm max/min {r['grad_norm_max_min']:.2f}, "
-          f"variance last/first {r['variance_last_first']:.2f} ({time.perf_counter() - t0:.0f} s)")
+    for lr in lrs:
+      key = name if len(lrs) == 1 else f"{name}@{lr:g}"
+      t0 = time.perf_counter()
+      r = results[key] = study_one(placement_config(config, name, lr), spec, train, evals)
+      print(f"{key}: val loss {r['val_loss']:.4f}, grad-norm max/min "
+            f"{r['grad_norm_max_min']:.2f}, variance last/first {r['variance_last_first']:.2f} "
+            f"({time.perf_counter() - t0:.0f} s)", flush=True)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "depth_study.json"), "w") as f:
-    json.dump({"depth": _DEPTH.value, "steps": _STEPS.value,
-               "warmup_steps": warmup, "results": results,
+    json.dump({"depth": _DEPTH.value, "steps": _STEPS.value, "learning_rates": lrs,
+               "warmup_steps": warmup, "results": results, "best_runs": best_runs(results),
                "config": config.to_dict()}, f, indent=1, default=str)
+  md = table(results) + ("\n" + lr_table(results) if len(lrs) > 1 else "")
   with open(os.path.join(_WORKDIR.value, "depth_study.md"), "w") as f:
-    f.write(table(results))
-  plot(results, os.path.join(_WORKDIR.value, "depth_study.png"))
-  print(table(results))
+    f.write(md)
+  # the per-layer story of each placement at its best LR (the only LR without a sweep)
+  plot({key: results[key] for key in best_runs(results).values()},
+       os.path.join(_WORKDIR.value, "depth_study.png"))
+  if len(lrs) > 1:
+    plot_lr(results, os.path.join(_WORKDIR.value, "depth_study_lr.png"))
+  print(md)
 
 
 if __name__ == "__main__":
