@@ -17,15 +17,27 @@ per output channel and of the activations per token in every qkv / out / up / do
 straight-through gradients; embedding and readout stay float). Its steps are timed interleaved
 with the f32 steps (f32, QAT, f32, QAT, ...), so both see the same background load, and the
 ratio of the medians is printed.
+
+PyTorch reference (--torch_reference, on by default when torch is installed): the same LM,
+optimizer and batches in plain eager PyTorch (experiments/torch_reference_lm.py, a worker
+process), timed in blocks of 5 steps between blocks of ours, and the ratio of tokens/s printed: the brief's "our LM is meant to beat a plain PyTorch CPU LM", measured on this
+machine in this run.
 """
 
+import importlib.util
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 from absl import app, flags
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from experiments.configs import shakespeare_lm
 from jaxlab import data, optim, quant, sharding
@@ -41,7 +53,10 @@ _STEPS = flags.DEFINE_integer("steps", 20, "timed train steps")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (default $TFDS_DATA_DIR)")
 _QAT = flags.DEFINE_string("qat", "int8", "quantization policy whose train step is timed against "
                            "the f32 one (jaxlab.quant.names()); empty: skip")
+_TORCH = flags.DEFINE_bool("torch_reference", True, "time the same LM in plain PyTorch "
+                           "(experiments/torch_reference_lm.py) in blocks between ours")
 QAT_TARGET = 1.5  # the quantization issue's bound on QAT step time / f32 step time
+TORCH_BLOCK = 5  # our steps between PyTorch blocks (and PyTorch steps per block)
 
 
 def gemm_peak(sizes=(512, 1024, 2048), repeats=5) -> tuple[float, int]:
@@ -90,6 +105,48 @@ class _Runner:
       self.times.append(time.perf_counter() - t)
 
 
+class _TorchReference:
+  """experiments.torch_reference_lm on the same batches, timed in blocks between our steps.
+
+  Each block starts a fresh worker process, runs one untimed warm-up step and `n` timed ones,
+  and ends it: a live PyTorch worker, even asleep (no CPU time, no context switches), slowed
+  our XLA step by 25-30% on the 2-core machine (2.4 s -> 3.0-3.2 s, 2026-12-03), so ours are
+  never timed while one is alive.
+  """
+
+  def __init__(self, batches, config, vocab_size: int):
+    self.path = os.path.join(tempfile.mkdtemp(prefix="jaxlab_bench_"), "batches.npz")
+    np.savez(self.path, **{k: np.stack([np.asarray(b[k]) for b in batches])
+                           for k in ("inputs", "targets")})
+    m = config.model
+    self.args = [sys.executable, "-m", "experiments.torch_reference_lm", f"--batches={self.path}",
+                 f"--num_layers={m.num_layers}", f"--d_model={m.d_model}",
+                 f"--num_heads={m.num_heads}", f"--mlp_ratio={m.mlp_ratio}",
+                 f"--vocab_size={vocab_size}"]
+    self.times: list[float] = []
+    self.losses: list[float] = []
+    self.version = ""
+
+  def run_block(self, n: int) -> None:
+    proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+      for count, timed in ((1, False), (n, True)):
+        proc.stdin.write(f"{count}\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+          raise RuntimeError(f"the PyTorch reference worker exited with code {proc.wait()}")
+        out = json.loads(line)
+        self.version = out["torch"]
+        if timed:
+          self.times += out["times"]
+          self.losses += out["losses"]
+    finally:
+      proc.stdin.close()
+      proc.wait()
+
+
 def main(argv):
   del argv
   if _QAT.value:
@@ -112,12 +169,20 @@ def main(argv):
     qat_config = ml_collections.ConfigDict(config.to_dict())
     qat_config.quant = _QAT.value
     runners[_QAT.value] = _Runner(qat_config, spec, mesh, batches[0])
+  ref = None
+  if _TORCH.value and importlib.util.find_spec("torch") is None:
+    print("PyTorch reference: skipped, torch is not installed (pip install torch; "
+          "--notorch_reference skips it without this line)")
+  elif _TORCH.value:
+    ref = _TorchReference(batches, config, spec.vocab_size)
   for r in runners.values():
     for i in range(3):  # warm up
       r.step(batches[i % 4], timed=False)
-  for i in range(_STEPS.value):  # interleaved: f32, QAT, f32, QAT, ...
+  for i in range(_STEPS.value):  # interleaved: f32, QAT, f32, QAT, ..., a PyTorch block, ...
     for r in runners.values():
       r.step(batches[i % 4])
+    if ref is not None and ((i + 1) % TORCH_BLOCK == 0 or i + 1 == _STEPS.value):
+      ref.run_block((i % TORCH_BLOCK) + 1)
   f32 = runners["f32"]
   step_time = statistics.median(f32.times)
   tokens = _BATCH.value * _SEQ.value
@@ -139,6 +204,15 @@ def main(argv):
           f"f32 step): median {qat_time * 1e3:.1f} ms/step = {ratio:.2f}x the f32 step "
           f"({'within' if ratio <= QAT_TARGET else 'above'} the {QAT_TARGET}x target); "
           f"XLA cost analysis {qat.xla_flops / f32.xla_flops:.2f}x the f32 FLOPs")
+  if ref is not None:
+    if not all(np.isfinite(ref.losses)):
+      raise RuntimeError(f"the PyTorch reference's losses are not finite: {ref.losses}")
+    ref_time = statistics.median(ref.times)
+    print(f"PyTorch {ref.version} reference, same LM, AdamW and batches, eager (timed in blocks "
+          f"of {TORCH_BLOCK} between ours; its loss {ref.losses[0]:.3f} -> {ref.losses[-1]:.3f}): median "
+          f"{ref_time * 1e3:.1f} ms/step, {tokens / ref_time:,.0f} tokens/s, MFU "
+          f"{100 * flops_tok * tokens / ref_time / 1e9 / peak:.1f}%")
+    print(f"  jaxlab / PyTorch tokens/s: {ref_time / step_time:.2f}x")
 
 
 if __name__ == "__main__":

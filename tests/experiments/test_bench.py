@@ -1,0 +1,22 @@
+"""experiments.bench end to end at toy size (without the PyTorch reference, which CI lacks)."""
+
+import re
+
+from experiments import bench
+
+
+def test_lm_flops_per_token_counts_palm_terms():
+  # 1 layer, d 4, mlp 2: N = 4*16 + 2*2*16 + 4*8 = 160 params; 6N + 12 * 1 * 10 * 4
+  assert bench.lm_flops_per_token(1, 4, 2, 10, 8) == 6 * 160 + 12 * 1 * 10 * 4
+
+
+def test_bench_cli_prints_mfu_and_qat_ratio(run_python, tfds_data_dir):
+  done = run_python("-m", "experiments.bench", f"--data_dir={tfds_data_dir}", "--num_layers=1",
+                    "--d_model=32", "--seq_len=32", "--batch_size=4", "--steps=2",
+                    "--notorch_reference")
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = done.stdout
+  mfu = float(re.search(r"MFU ([\d.]+)% of the measured peak", out).group(1))
+  assert 0 < mfu < 100
+  assert re.search(r"\(PaLM 6N \+ 12 L T d\): [\d.]+ M; XLA cost analysis: [\d.]+ M", out)
+  assert "policy 'int8'" in out and "PyTorch" not in out
