@@ -110,14 +110,18 @@ def study_one(c, spec, train, evals) -> dict:
           "removal_loss_delta": to_list(removal["loss_delta"])}
 
 
+def ratio(x: float) -> str:
+  return f"{x:.2f}" if abs(x) < 1e4 else f"{x:.1e}"  # a stalled run's ratios reach 1e23
+
+
 def table(results: dict) -> str:
   rows = ["| placement | LR | val loss | grad-norm max/min | grad-norm CV | variance last/first | "
           "least useful block (removal delta) |", "|---|---|---|---|---|---|---|"]
   for r in results.values():
     delta = np.asarray(r["removal_loss_delta"])
     rows.append(f"| {r['placement']} | {r['learning_rate']:g} | {r['val_loss']:.4f} | "
-                f"{r['grad_norm_max_min']:.2f} | "
-                f"{r['grad_norm_cv']:.2f} | {r['variance_last_first']:.2f} | "
+                f"{ratio(r['grad_norm_max_min'])} | "
+                f"{r['grad_norm_cv']:.2f} | {ratio(r['variance_last_first'])} | "
                 f"block_{int(np.argmin(delta))} ({delta.min():+.4f}) |")
   return "\n".join(rows) + "\n"
 
