@@ -209,7 +209,8 @@ def main(argv):
       raise RuntimeError(f"the PyTorch reference's losses are not finite: {ref.losses}")
     ref_time = statistics.median(ref.times)
     print(f"PyTorch {ref.version} reference, same LM, AdamW and batches, eager (timed in blocks "
-          f"of {TORCH_BLOCK} between ours; its loss {ref.losses[0]:.3f} -> {ref.losses[-1]:.3f}): median "
+          f"of {TORCH_BLOCK} between ours, a fresh worker from init each; loss at a block's last "
+          f"step {ref.losses[-1]:.3f}): median "
           f"{ref_time * 1e3:.1f} ms/step, {tokens / ref_time:,.0f} tokens/s, MFU "
           f"{100 * flops_tok * tokens / ref_time / 1e9 / peak:.1f}%")
     print(f"  jaxlab / PyTorch tokens/s: {ref_time / step_time:.2f}x")
