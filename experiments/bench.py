@@ -20,13 +20,14 @@ ratio of the medians is printed.
 
 PyTorch reference (--torch_reference, on by default when torch is installed): the same LM,
 optimizer and batches in plain eager PyTorch (experiments/torch_reference_lm.py, a worker
-process), timed in blocks of 5 steps between blocks of ours, and the ratio of tokens/s printed: the brief's "our LM is meant to beat a plain PyTorch CPU LM", measured on this
-machine in this run.
+process), timed in blocks of 5 steps between blocks of ours, and the ratio of tokens/s printed:
+how our LM compares with a plain PyTorch CPU LM, measured on this machine in this run.
 """
 
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -115,14 +116,17 @@ class _TorchReference:
   """
 
   def __init__(self, batches, config, vocab_size: int):
-    self.path = os.path.join(tempfile.mkdtemp(prefix="jaxlab_bench_"), "batches.npz")
-    np.savez(self.path, **{k: np.stack([np.asarray(b[k]) for b in batches])
-                           for k in ("inputs", "targets")})
-    m = config.model
-    self.args = [sys.executable, "-m", "experiments.torch_reference_lm", f"--batches={self.path}",
+    self.dir = tempfile.mkdtemp(prefix="jaxlab_bench_")
+    path = os.path.join(self.dir, "batches.npz")
+    np.savez(path, **{k: np.stack([np.asarray(b[k]) for b in batches])
+                      for k in ("inputs", "targets")})
+    m, o = config.model, config.optim
+    self.args = [sys.executable, "-m", "experiments.torch_reference_lm", f"--batches={path}",
                  f"--num_layers={m.num_layers}", f"--d_model={m.d_model}",
                  f"--num_heads={m.num_heads}", f"--mlp_ratio={m.mlp_ratio}",
-                 f"--vocab_size={vocab_size}"]
+                 f"--vocab_size={vocab_size}", f"--learning_rate={o.learning_rate}",
+                 f"--b1={o.b1}", f"--b2={o.b2}", f"--eps={o.eps}",
+                 f"--weight_decay={o.weight_decay}", f"--grad_clip={o.grad_clip}"]
     self.times: list[float] = []
     self.losses: list[float] = []
     self.version = ""
@@ -205,6 +209,7 @@ def main(argv):
           f"({'within' if ratio <= QAT_TARGET else 'above'} the {QAT_TARGET}x target); "
           f"XLA cost analysis {qat.xla_flops / f32.xla_flops:.2f}x the f32 FLOPs")
   if ref is not None:
+    shutil.rmtree(ref.dir)
     if not all(np.isfinite(ref.losses)):
       raise RuntimeError(f"the PyTorch reference's losses are not finite: {ref.losses}")
     ref_time = statistics.median(ref.times)

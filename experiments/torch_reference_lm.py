@@ -3,14 +3,15 @@ r"""The plain PyTorch LM that experiments.bench times jaxlab's train step agains
 The same network as jaxlab's default TransformerLM (jaxlab.models.transformer): byte embedding,
 Pre-LN blocks (bias-free LayerNorm eps 1e-5, fused qkv, rotate-half RoPE base 1e4, causal
 softmax attention, GELU-tanh MLP of ratio 4, no biases), final LayerNorm, untied readout; and
-the same update: AdamW (b1 0.9, b2 0.95, eps 1e-8, weight decay 0.1) after global-norm clipping
-to 1.0, on the same batches. Eager PyTorch (no torch.compile), its fused causal
+the same update: AdamW after global-norm clipping, hyperparameters from the bench's config
+(constant LR: the schedule costs nothing), on the same batches. Eager PyTorch (no torch.compile), its fused causal
 scaled_dot_product_attention, default intra-op threads.
 
 A worker: experiments.bench starts it with the batches in an .npz (inputs, targets [N, B, L]) and
 then, for each line "n" on stdin, it runs n train steps and answers one JSON line
-{"torch": version, "times": [s, ...], "losses": [...]} on stdout; EOF ends it. `load_jaxlab_params` copies a
-jaxlab TransformerLM's params in, so the two can be checked to compute the same logits.
+{"torch": version, "times": [s, ...], "losses": [...]} on stdout; EOF ends it.
+`load_jaxlab_params` copies a jaxlab TransformerLM's params in, so the two can be checked to
+compute the same logits.
 """
 
 import argparse
@@ -99,16 +100,18 @@ def load_jaxlab_params(model: TorchLM, params: dict) -> None:
         layer.weight.copy_(t(kernel["kernel"]).T)
 
 
-def make_step(model: TorchLM, learning_rate: float = 3e-3):
-  opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.95), eps=1e-8,
-                          weight_decay=0.1)
+def make_step(model: TorchLM, learning_rate: float, b1: float, b2: float, eps: float,
+              weight_decay: float, grad_clip: float):
+  opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(b1, b2), eps=eps,
+                          weight_decay=weight_decay)
 
   def step(inputs, targets) -> float:
     logits = model(inputs)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if grad_clip > 0:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     return loss.item()
 
@@ -121,6 +124,8 @@ def main() -> None:
   for name, default in (("num_layers", 4), ("d_model", 256), ("num_heads", 4),
                         ("mlp_ratio", 4), ("vocab_size", 256)):
     ap.add_argument(f"--{name}", type=int, default=default)
+  for name in ("learning_rate", "b1", "b2", "eps", "weight_decay", "grad_clip"):
+    ap.add_argument(f"--{name}", type=float, required=True)
   args = ap.parse_args()
   data = np.load(args.batches)
   inputs = torch.as_tensor(data["inputs"].astype(np.int64))
@@ -128,7 +133,8 @@ def main() -> None:
   torch.manual_seed(0)
   model = TorchLM(args.vocab_size, args.d_model, args.num_layers, args.num_heads, args.mlp_ratio,
                   seq_len=inputs.shape[-1])
-  step, i = make_step(model), 0
+  step, i = make_step(model, args.learning_rate, args.b1, args.b2, args.eps, args.weight_decay,
+                      args.grad_clip), 0
   for line in sys.stdin:
     times, losses = [], []
     for _ in range(int(line)):
