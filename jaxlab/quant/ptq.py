@@ -44,8 +44,8 @@ from flax import struct
 
 from jaxlab.param import roles
 from jaxlab.param.meta import ParamMeta, param_info
-from jaxlab.quant.quantizers import (check_bits, check_choice, int_bounds, int_quantize,
-                                     reduce_axes)
+from jaxlab.quant.quantizers import (check_bits, check_choice, compute_dtype, int_bounds,
+                                     int_quantize, reduce_axes)
 
 METHODS = ("absmax", "percentile", "mse")
 GRANULARITIES = ("per_tensor", "per_channel")
@@ -63,10 +63,12 @@ class QScale:
   symmetric: bool = struct.field(pytree_node=False, default=True)
 
   def fake_quant(self, x: jax.Array) -> jax.Array:
-    """S (clip(round(x / S) + Z) - Z), no gradient (inference)."""
-    s, z = self.scale.astype(x.dtype), self.zero_point.astype(x.dtype)
+    """S (clip(round(x / S) + Z) - Z), no gradient (inference); computed in float32 (float64
+    for float64 x) and returned in x's dtype."""
+    ct = compute_dtype(x.dtype)
+    s, z = self.scale.astype(ct), self.zero_point.astype(ct)
     q = int_quantize(x, s, z, bits=self.bits, symmetric=self.symmetric)
-    return (q - z) * s
+    return ((q - z) * s).astype(x.dtype)
 
 
 @struct.dataclass
@@ -81,10 +83,12 @@ class QuantizedTensor:
   symmetric: bool = struct.field(pytree_node=False, default=True)
 
   def dequantize(self, dtype=jnp.float32) -> jax.Array:
-    q = self.q.astype(dtype)
+    """scale (q - zp) computed in float32 (float64 for dtype float64), returned in `dtype`."""
+    ct = compute_dtype(dtype)
+    q = self.q.astype(ct)
     if self.zero_point is not None:
-      q = q - self.zero_point.astype(dtype)
-    return q * self.scale.astype(dtype)
+      q = q - self.zero_point.astype(ct)
+    return (q * self.scale.astype(ct)).astype(dtype)
 
 
 def _is_qt(x: Any) -> bool:

@@ -16,7 +16,13 @@ Conventions shared by every quantizer here:
     clipped zeroes it where the quantizer saturates: for integer and fp8 grids outside the
     values that round onto the grid (up to half a step beyond its end points, so the element
     that sets a max-abs scale keeps its gradient whatever the float rounding of x / scale); for
-    sign-based quantizers where |x| > 1 (the hardtanh STE of Hubara et al. 2016).
+    sign-based quantizers where |x| > 1 (the hardtanh STE of Hubara et al. 2016);
+  * arithmetic in float32 whatever the input dtype (`compute_dtype`: float64 stays float64):
+    scales, x / scale, rounding (stochastic included), the dequantized value and the STE's
+    bounds are float32, and only the result is cast back to x's dtype (as qwix does). In bfloat16
+    the scale max|x| / qmax and x / scale are rounded to 8 significant bits (~10% of int8 codes
+    one off) and floor(v + u) is biased (E[SR(100.5)] = 100.75). Gradients reaching x are in x's
+    dtype.
 """
 
 import functools
@@ -52,6 +58,12 @@ def int_bounds(bits: int, symmetric: bool = True) -> tuple[int, int]:
   return 0, 2 ** bits - 1
 
 
+def compute_dtype(dtype) -> jnp.dtype:
+  """The dtype quantizers compute in: float32 for bfloat16 / float16 / float32 (and non-float)
+  inputs, float64 for float64."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def _as_axes(axis: int | Sequence[int], ndim: int) -> tuple[int, ...]:
   axes = (axis,) if isinstance(axis, int) else tuple(axis)
   for a in axes:
@@ -78,14 +90,15 @@ def _nonzero(s: jax.Array) -> jax.Array:
 
 def int_scale(x: jax.Array, bits: int, symmetric: bool = True,
               axes: Sequence[int] | None = None) -> tuple[jax.Array, jax.Array]:
-  """(scale, zero_point) from the data, reduced over `axes` (None = all) with keepdims.
+  """(scale, zero_point) from the data, reduced over `axes` (None = all) with keepdims, in
+  compute_dtype(x.dtype) (float32 for bfloat16 x).
 
   Symmetric: scale = max|x| / qmax, zero_point = 0. Asymmetric (affine, Jacob et al. 2018):
   range [min(x, 0), max(x, 0)] (so real 0 is exactly representable), scale = range / (qmax - qmin),
   zero_point = qmin - round(min / scale), an integer in [qmin, qmax].
   """
   qmin, qmax = int_bounds(bits, symmetric)
-  x = jax.lax.stop_gradient(x)
+  x = jax.lax.stop_gradient(x).astype(compute_dtype(x.dtype))
   axes = tuple(range(x.ndim)) if axes is None else tuple(axes)
   if symmetric:
     scale = _nonzero(jnp.max(jnp.abs(x), axis=axes, keepdims=True) / qmax)
@@ -100,13 +113,19 @@ def int_scale(x: jax.Array, bits: int, symmetric: bool = True,
 def round_values(v: jax.Array, rounding: str = "nearest",
                  key: jax.Array | None = None) -> jax.Array:
   """Round to integers: nearest (ties to even) or stochastic, floor(v + u) with u ~ U[0, 1), so
-  E[round(v)] = v (Gupta et al. 2015). Stochastic rounding needs an explicit PRNG key."""
+  E[round(v)] = v (Gupta et al. 2015). Stochastic rounding needs an explicit PRNG key. Computed
+  in compute_dtype(v.dtype) and returned in v's dtype (exact: the floor or ceil of a float is
+  representable in its format)."""
   check_choice("rounding", rounding, ROUNDINGS)
-  if rounding == "nearest":
-    return jnp.round(v)
-  if key is None:
+  if rounding == "stochastic" and key is None:
     raise ValueError("rounding='stochastic' needs a PRNG key (key=...)")
-  return jnp.floor(v + jax.random.uniform(key, v.shape, v.dtype))
+  v = jnp.asarray(v)
+  ct = compute_dtype(v.dtype)
+  if rounding == "nearest":
+    r = jnp.round(v.astype(ct))
+  else:
+    r = jnp.floor(v.astype(ct) + jax.random.uniform(key, v.shape, ct))
+  return r.astype(v.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +136,8 @@ def round_values(v: jax.Array, rounding: str = "nearest",
 def straight_through(x: jax.Array, y: jax.Array, lo: jax.Array, hi: jax.Array,
                      ste: str) -> jax.Array:
   """y in the forward pass; in the backward pass dL/dx = dL/dy (ste='identity') or
-  dL/dy * [lo <= x <= hi] (ste='clipped'); y, lo and hi get zero cotangents."""
+  dL/dy * [lo <= x <= hi] (ste='clipped', compared in lo's dtype: float32 bounds are not rounded
+  to a bfloat16 x's grid); y, lo and hi get zero cotangents."""
   del x, lo, hi, ste
   return y
 
@@ -129,7 +149,8 @@ def _straight_through_fwd(x, y, lo, hi, ste):
 def _straight_through_bwd(ste, residuals, g):
   x, lo, hi = residuals
   if ste == "clipped":
-    g = jnp.where((x >= lo) & (x <= hi), g, jnp.zeros_like(g))
+    xc = x.astype(lo.dtype)
+    g = jnp.where((xc >= lo) & (xc <= hi), g, jnp.zeros_like(g))
   return g.astype(x.dtype), jnp.zeros_like(x), jnp.zeros_like(lo), jnp.zeros_like(hi)
 
 
@@ -137,9 +158,11 @@ straight_through.defvjp(_straight_through_fwd, _straight_through_bwd)
 
 
 def apply_ste(x: jax.Array, y: jax.Array, lo, hi, ste: str) -> jax.Array:
+  """y (computed in compute_dtype) cast to x's dtype, with the STE on x; the clip bounds lo, hi
+  stay in compute_dtype(x.dtype)."""
   check_choice("ste", ste, STES)
-  return straight_through(x, y.astype(x.dtype), jnp.asarray(lo, x.dtype), jnp.asarray(hi, x.dtype),
-                          ste)
+  ct = compute_dtype(x.dtype)
+  return straight_through(x, y.astype(x.dtype), jnp.asarray(lo, ct), jnp.asarray(hi, ct), ste)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,11 +172,14 @@ def apply_ste(x: jax.Array, y: jax.Array, lo, hi, ste: str) -> jax.Array:
 def int_quantize(x: jax.Array, scale: jax.Array, zero_point: jax.Array | float = 0.0, *,
                  bits: int, symmetric: bool = True, rounding: str = "nearest",
                  key: jax.Array | None = None) -> jax.Array:
-  """Integer codes q = clip(round(x / scale) + zero_point, qmin, qmax), as floats (no gradient).
+  """Integer codes q = clip(round(x / scale) + zero_point, qmin, qmax) as compute_dtype(x.dtype)
+  floats (float32 for bfloat16 x; x, scale and zero point are cast to it; no gradient).
 
   Uniform affine quantization (Jacob et al. 2018, eq. 1: r = S (q - Z))."""
   qmin, qmax = int_bounds(bits, symmetric)
-  x = jax.lax.stop_gradient(x)
+  ct = compute_dtype(x.dtype)
+  x = jax.lax.stop_gradient(x).astype(ct)
+  scale, zero_point = jnp.asarray(scale, ct), jnp.asarray(zero_point, ct)
   q = round_values(x / scale, rounding, key) + zero_point
   return jnp.clip(q, qmin, qmax)
 
@@ -164,10 +190,12 @@ def int_fake_quant_with_scale(x: jax.Array, scale: jax.Array,
                               ste: str = "identity", key: jax.Array | None = None) -> jax.Array:
   """S (q - Z) with the given scale S and zero point Z (Jacob et al. 2018, eq. 1) and an STE;
   the clipped STE keeps the gradient where x / S + Z lies in [qmin - 1/2, qmax + 1/2] (where
-  rounding, not saturation, decides the code)."""
+  rounding, not saturation, decides the code). Computed in compute_dtype(x.dtype), returned in
+  x's dtype."""
   qmin, qmax = int_bounds(bits, symmetric)
-  scale = jax.lax.stop_gradient(jnp.asarray(scale, x.dtype))
-  zero_point = jax.lax.stop_gradient(jnp.asarray(zero_point, x.dtype))
+  ct = compute_dtype(x.dtype)
+  scale = jax.lax.stop_gradient(jnp.asarray(scale, ct))
+  zero_point = jax.lax.stop_gradient(jnp.asarray(zero_point, ct))
   q = int_quantize(x, scale, zero_point, bits=bits, symmetric=symmetric, rounding=rounding,
                    key=key)
   y = (q - zero_point) * scale
@@ -205,7 +233,7 @@ def lsq_init_step(x: jax.Array, bits: int, signed: bool = True,
   """Initial step s = 2 <|v|> / sqrt(Q_P) (Esser et al. 2020, Sec. 2.1). default_mean_abs, if
   given, replaces <|v|> when it is 0 (an all-zero, shape-only init input)."""
   _, qp = lsq_bounds(bits, signed)
-  mean_abs = jnp.mean(jnp.abs(jax.lax.stop_gradient(x))).astype(jnp.float32)
+  mean_abs = jnp.mean(jnp.abs(jax.lax.stop_gradient(x).astype(jnp.float32)))
   if default_mean_abs is not None:
     mean_abs = jnp.where(mean_abs > 0, mean_abs, jnp.float32(default_mean_abs))
   return 2 * mean_abs / math.sqrt(qp)
@@ -237,9 +265,17 @@ def _sum_to_shape(a: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return jnp.sum(a, axis=axes, keepdims=True) if axes else a
 
 
+def _lsq_v(x, step):
+  """(v = x / step, step) in the compute dtype of x and step (float32 for bfloat16)."""
+  ct = compute_dtype(jnp.promote_types(x.dtype, step.dtype))
+  step = step.astype(ct)
+  return x.astype(ct) / step, step
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _lsq(x, step, qn, qp):
-  return jnp.round(jnp.clip(x / step, qn, qp)) * step
+  v, step = _lsq_v(x, step)
+  return (jnp.round(jnp.clip(v, qn, qp)) * step).astype(x.dtype)
 
 
 def _lsq_fwd(x, step, qn, qp):
@@ -248,10 +284,10 @@ def _lsq_fwd(x, step, qn, qp):
 
 def _lsq_bwd(qn, qp, residuals, g):
   x, step = residuals
-  v = x / step
+  v, _ = _lsq_v(x, step)
   inside = (v > qn) & (v < qp)
   dx = jnp.where(inside, g, jnp.zeros_like(g))
-  dstep = g * jnp.where(v <= qn, qn, jnp.where(v >= qp, qp, jnp.round(v) - v))
+  dstep = g.astype(v.dtype) * jnp.where(v <= qn, qn, jnp.where(v >= qp, qp, jnp.round(v) - v))
   return dx, _sum_to_shape(dstep, jnp.shape(step)).astype(step.dtype)
 
 
@@ -265,10 +301,13 @@ def lsq_fake_quant(x: jax.Array, step: jax.Array, *, bits: int, signed: bool = T
   Gradients: dv_hat/dv = 1 inside (-Q_N, Q_P), else 0 (clipped STE); dv_hat/ds = round(v/s) - v/s
   inside, -Q_N / Q_P below / above (eq. 3). The step gradient is multiplied by
   g = 1 / sqrt(N Q_P) (Sec. 2.2), N = number of elements sharing one step (x.size / step.size);
-  `grad_scale` overrides g. `step` is a scalar or broadcasts against x (e.g. per channel).
+  `grad_scale` overrides g. `step` is a scalar or broadcasts against x (e.g. per channel); it keeps
+  its float dtype (a float32 step with bfloat16 x: v / s in float32, the step gradient float32).
   """
   qn, qp = lsq_bounds(bits, signed)
-  step = jnp.asarray(step, x.dtype)
+  step = jnp.asarray(step)
+  if not jnp.issubdtype(step.dtype, jnp.floating):
+    step = step.astype(compute_dtype(x.dtype))
   if grad_scale is None:
     n = x.size // max(step.size, 1)
     grad_scale = 1.0 / math.sqrt(n * qp)
@@ -290,7 +329,7 @@ def binary_fake_quant(x: jax.Array, *, scaled: bool = True, granularity: str = "
   scaled=False; XNOR-Net alpha * sign(W) with alpha = mean|W| (Rastegari et al. 2016, eq. 4) per
   output channel (`axis`) or per tensor when scaled=True. STE on x: identity or clipped to
   |x| <= 1 (hardtanh, Hubara et al. 2016); alpha is a constant for autodiff."""
-  xs = jax.lax.stop_gradient(x)
+  xs = jax.lax.stop_gradient(x).astype(compute_dtype(x.dtype))
   y = _sign(xs)
   if scaled:
     axes = reduce_axes(x.ndim, granularity, axis)
@@ -305,7 +344,7 @@ def ternary_fake_quant(x: jax.Array, *, threshold: float = 0.7, granularity: str
   per output channel (`axis`) or per tensor; STE on x as in `binary_fake_quant`."""
   if not threshold > 0:
     raise ValueError(f"ternary threshold must be > 0, got {threshold!r}")
-  xs = jax.lax.stop_gradient(x)
+  xs = jax.lax.stop_gradient(x).astype(compute_dtype(x.dtype))
   axes = reduce_axes(x.ndim, granularity, axis)
   a = jnp.abs(xs)
   delta = threshold * jnp.mean(a, axis=axes, keepdims=True)
