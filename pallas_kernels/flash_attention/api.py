@@ -3,37 +3,50 @@
   "xla"              dense.py: plain XLA with a hand-written VJP, materialises the
                      [B, H, Lq, Lk] logits (with softcap: reference.py, plain autodiff).
   "xla_chunked"      chunked.py: FlashAttention-2's algorithm in XLA loops, O(seq) memory.
-  "pallas"           pallas.py: FlashAttention kernels compiled for the GPU/TPU.
+  "pallas"           pallas.py: the FlashAttention kernels compiled for this machine's TPU
+                     (Mosaic) or GPU (Triton).
   "pallas_interpret" the same kernels in the Pallas interpreter (any backend; used by tests).
 reference.py is the plain-autodiff oracle every implementation is tested against.
-None picks "pallas" on GPU/TPU; elsewhere "xla" while the logits have at most
-dense.DENSE_MAX_LOGITS elements (batch * heads * q_len * kv_len; 128 MiB in f32) and
-"xla_chunked" beyond. Invalid arguments raise ValueError;
-a valid call the compiled kernels cannot run (e.g. no accelerator, a TPU VMEM limit) runs
-"xla_chunked" instead and logs why (absl logging, warning level).
+
+Dispatch is pallas_kernels/_dispatch.run's one rule: None is one program that picks by the
+platform it is lowered for (jax.lax.platform_dependent): the TPU kernels on "tpu", the Triton
+kernels on "cuda", unless pallas.unsupported_reason refuses the call for that target (logged
+with the reason); elsewhere, and for a refused call, "xla" while the logits have at most
+dense.DENSE_MAX_LOGITS elements (batch * heads * q_len * kv_len) and kv_len is below
+dense.DENSE_MAX_KV_LEN, "xla_chunked" beyond. `mask` is taken by "xla" only, so with a mask None
+runs "xla". An explicit "pallas" / "pallas_interpret" the kernels cannot run (no accelerator, a
+block size the target cannot take) is a ValueError with the reason; so is any invalid argument.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
+from pallas_kernels import _dispatch
 from pallas_kernels._checks import positive_int, static_number as _static_number
 from pallas_kernels.flash_attention import chunked, dense, pallas, reference
 
-IMPLEMENTATIONS = ("pallas", "pallas_interpret", "xla", "xla_chunked")
+PATHS = ("xla", "xla_chunked")
+IMPLEMENTATIONS = (_dispatch.KERNEL, _dispatch.INTERPRET, *PATHS)
 DTYPES = (jnp.float32, jnp.bfloat16)
 
 
-def default_implementation(num_logits: int | None = None, kv_len: int | None = None) -> str:
-  """What implementation=None runs for logits of `num_logits` elements over `kv_len` keys (None:
-  long sequences). CPU: dense while the logits fit (DENSE_MAX_LOGITS) and kv_len is below
-  DENSE_MAX_KV_LEN, where the chunked path starts to win (docs/results/kernels.md)."""
-  if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu"):
-    return "pallas"
+def _xla_default(num_logits: int | None, kv_len: int | None) -> str:
+  """The XLA path None runs where no kernel runs: dense while the logits fit (DENSE_MAX_LOGITS)
+  and kv_len is below DENSE_MAX_KV_LEN, where the chunked path starts to win
+  (docs/results/kernels.md); chunked beyond (and for unknown sizes: long sequences)."""
   dense_fits = (num_logits is not None and num_logits <= dense.DENSE_MAX_LOGITS
                 and (kv_len is None or kv_len < dense.DENSE_MAX_KV_LEN))
   return "xla" if dense_fits else "xla_chunked"
+
+
+def default_implementation(num_logits: int | None = None, kv_len: int | None = None) -> str:
+  """What implementation=None runs on this machine's backend for logits of `num_logits`
+  elements over `kv_len` keys (None: long sequences): "pallas" on a TPU or GPU (where a call
+  the kernels refuse runs the XLA path instead), else the XLA path of _xla_default."""
+  if _dispatch.backend_target() is not None:
+    return "pallas"
+  return _xla_default(num_logits, kv_len)
 
 
 def _segments(segment_ids, B, Lq, Lk):
@@ -89,9 +102,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
   Returns:
     [batch, q_len, heads, head_dim] in q's dtype; a query that sees no key gets 0.
   """
-  if implementation is not None and implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation must be None or one of {IMPLEMENTATIONS}; "
-                     f"got {implementation!r}")
+  _dispatch.check_implementation(implementation, dict.fromkeys(PATHS))
   q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
   for name, x in (("q", q), ("k", k), ("v", v)):
     if x.ndim != 4:
@@ -118,8 +129,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
   scale = None if scale is None else _static_number("scale", scale, positive=False)
   block_q = positive_int("block_q", block_q)
   block_k = positive_int("block_k", block_k)
-  kw = dict(causal=bool(causal), q_segment_ids=q_seg, kv_segment_ids=kv_seg, window=window,
-            softcap=softcap, scale=scale)
+  kw = dict(causal=bool(causal), window=window, softcap=softcap, scale=scale)
   if mask is not None:
     mask = jnp.asarray(mask)
     if mask.dtype != jnp.bool_ or mask.ndim > 4:
@@ -131,25 +141,29 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
                        f"{implementation!r}); the blocked paths take causal / window / "
                        "segment_ids")
 
-  impl = implementation or ("xla" if mask is not None
-                            else default_implementation(B * H * Lq * Lk, Lk))
-  if impl in ("pallas", "pallas_interpret"):
-    interpret = impl == "pallas_interpret"
-    reason = pallas.unsupported_reason(q.shape, k.shape, q.dtype, interpret=interpret,
-                                       block_q=block_q, block_k=block_k)
-    if reason is None:
-      for name, b in (("block_q", block_q), ("block_k", block_k)):
-        err = b is not None and pallas.block_size_error(name, b, interpret)
-        if err:
-          raise ValueError(f"{err} (implementation={impl!r})")
-      return pallas.attention(q, k, v, block_q=block_q, block_k=block_k, interpret=interpret,
-                              **kw)
-    logging.warning("pallas_kernels.flash_attention: falling back from %r to 'xla_chunked': %s",
-                    impl, reason)
-    impl = "xla_chunked"
-  if impl == "xla_chunked":
-    return chunked.attention(q, k, v, block_q=block_q, block_k=block_k, **kw)
-  if softcap is not None:
-    return reference.attention(q, k, v, **kw)
-  del kw["softcap"]
-  return dense.attention(q, k, v, mask=mask, **kw)
+  # the XLA paths and the kernels, all functions of the same operands
+  def xla(q, k, v, q_seg, kv_seg):
+    if softcap is not None:
+      return reference.attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg, **kw)
+    return dense.attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg, mask=mask,
+                           **{n: x for n, x in kw.items() if n != "softcap"})
+
+  def xla_chunked(q, k, v, q_seg, kv_seg):
+    return chunked.attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
+                             block_q=block_q, block_k=block_k, **kw)
+
+  def kernel(target, interpret):
+    return lambda q, k, v, q_seg, kv_seg: pallas.attention(
+        q, k, v, target=target, interpret=interpret, q_segment_ids=q_seg,
+        kv_segment_ids=kv_seg, block_q=block_q, block_k=block_k, **kw)
+
+  def unsupported(target, interpret):
+    return pallas.unsupported_reason(q.shape, k.shape, q.dtype, target=target,
+                                     interpret=interpret, block_q=block_q, block_k=block_k)
+
+  if mask is not None and implementation is None:
+    implementation = "xla"  # the blocked paths and kernels take no mask
+  return _dispatch.run(
+      "attention", implementation, (q, k, v, q_seg, kv_seg),
+      paths={"xla": xla, "xla_chunked": xla_chunked}, default=_xla_default(B * H * Lq * Lk, Lk),
+      kernel=kernel, unsupported_reason=unsupported)

@@ -1,7 +1,9 @@
 """pallas_kernels.flash_attention: every implementation against the plain-autodiff reference
-(reference.py; values and dq, dk, dv), the reference against a naive numpy loop, masking edge
-cases, the block-skipping ranges, argument errors, the Pallas fallback, and linear memory of the
-chunked path.
+(reference.py; values and dq, dk, dv): the XLA paths through the public API, the Pallas kernels
+of both targets ("tpu": Mosaic layout, "gpu": Triton layout) in the Pallas interpreter with the
+block sizes each target takes; the reference against a naive numpy loop, masking edge cases, the
+block-skipping ranges, argument errors, the dispatch rule on CPU, and linear memory of the
+chunked path. Lowering for real TPUs/GPUs: test_lowering.py.
 
 Tolerances: |x - ref| <= tol * |ref| + tol * max|ref| elementwise (relative to each entry and to
 the tensor's scale), tol = 1e-5 for float32 and 2e-2 for bfloat16 (the reference computes in f32
@@ -11,7 +13,6 @@ FlashAttention does).
 
 import functools
 import itertools
-import logging
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,8 @@ import numpy as np
 import pytest
 
 import pallas_kernels
-from pallas_kernels.flash_attention import api, chunked, dense, reference
+from pallas_kernels.flash_attention import api, chunked, dense, pallas, reference
+from tests.pallas_kernels.lowering import export_text
 from tests.pallas_kernels.tolerances import TOL, assert_close, value_and_grads
 
 
@@ -68,7 +70,10 @@ def _make_case(index, case):
   if case.get("segments"):
     kw["segment_ids"] = (_random_segments(rng, B, Lq) if Lq == Lk else
                          (_random_segments(rng, B, Lq), _random_segments(rng, B, Lk)))
-  blocks = dict(block_q=int(rng.choice([8, 16])), block_k=int(rng.choice([8, 16])))
+  # "xla_chunked" and the TPU kernels take multiples of 8 (TPU bf16: 16); GPU: 16 (pow2 >= 16)
+  blocks = {n: int(rng.choice([8, 16])) for n in ("block_q", "block_k")}
+  blocks = {"xla_chunked": blocks, "gpu": dict(block_q=16, block_k=16),
+            "tpu": blocks if dtype == jnp.float32 else dict(block_q=16, block_k=16)}
   return (q, k, v, do), kw, blocks, TOL[dtype]
 
 
@@ -87,10 +92,27 @@ def _case_id(i):
   return "-".join(f"{k}={getattr(v, '__name__', v)}" for k, v in CASES[i].items()) or "plain"
 
 
+def _kernel(target, *, segment_ids=None, **kw):
+  """pallas.attention of `target` in the interpreter, with api-style segment_ids."""
+  if segment_ids is not None:
+    q_seg, kv_seg = segment_ids if isinstance(segment_ids, tuple) else (segment_ids,) * 2
+    kw.update(q_segment_ids=q_seg, kv_segment_ids=kv_seg)
+  return functools.partial(pallas.attention, target=target, interpret=True, **kw)
+
+
+def _run(implementation, blocks, **kw):
+  """A function of (q, k, v): an XLA path through the public API, or a target's kernels."""
+  if implementation in ("tpu", "gpu"):
+    return _kernel(implementation, **blocks[implementation], **kw)
+  blocks = blocks.get(implementation, {})
+  return lambda q, k, v: pallas_kernels.attention(q, k, v, implementation=implementation,
+                                                  **blocks, **kw)
+
+
 # "xla" is the dense hand-VJP path (dense.py) except with softcap, where it is the reference.
 _IMPLEMENTATION_CASES = [
     pytest.param(impl, i, id=f"{impl}-{_case_id(i)}")
-    for impl in ("xla", "xla_chunked", "pallas_interpret") for i in range(len(CASES))
+    for impl in ("xla", "xla_chunked", "tpu", "gpu") for i in range(len(CASES))
     if not (impl == "xla" and CASES[i].get("softcap"))]
 
 
@@ -98,8 +120,7 @@ _IMPLEMENTATION_CASES = [
 def test_matches_reference_values_and_gradients(index, implementation):
   (q, k, v, do), kw, blocks, tol = _make_case(index, CASES[index])
   expected = _expected(index)
-  actual = value_and_grads(lambda q, k, v: pallas_kernels.attention(
-      q, k, v, implementation=implementation, **blocks, **kw), q, k, v, do)
+  actual = value_and_grads(_run(implementation, blocks, **kw), q, k, v, do)
   for name, a, e in zip(("out", "dq", "dk", "dv"), actual, expected):
     assert a.shape == e.shape and a.dtype == e.dtype, name
     assert_close(a, e, tol, f"{name} q{q.shape} k{k.shape} {kw} {blocks}", nontrivial=False)
@@ -150,19 +171,20 @@ def test_reference_matches_numpy_loops(causal, window, segments, softcap, lq, lk
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("implementation", ["xla", "xla_chunked", "pallas_interpret"])
+@pytest.mark.parametrize("implementation", ["xla", "xla_chunked", "pallas_interpret", "gpu"])
 def test_fully_masked_rows_give_zero_output_and_gradients(implementation):
   """Queries that see no key get 0 and zero gradients, not NaN: with q_len 12 > kv_len 5 and
   causal masking the first 7 queries precede every key, and queries 9, 10 have segment id 7,
-  which no key has."""
+  which no key has. ("pallas_interpret" runs the TPU layout on CPU.)"""
   rng = np.random.default_rng(3)
   q = jnp.asarray(rng.normal(size=(1, 12, 2, 8)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(1, 5, 2, 8)), jnp.float32)
   q_seg = jnp.asarray([[0] * 9 + [7, 7, 1]])
   k_seg = jnp.asarray([[0] * 3 + [1] * 2])
-  out, dq, dk, dv = value_and_grads(lambda q, k, v: pallas_kernels.attention(
-      q, k, v, causal=True, segment_ids=(q_seg, k_seg), implementation=implementation,
-      block_q=8, block_k=8), q, k, k, jnp.ones_like(q))
+  size = 16 if implementation == "gpu" else 8
+  blocks = {implementation: dict(block_q=size, block_k=size)}
+  fn = _run(implementation, blocks, causal=True, segment_ids=(q_seg, k_seg))
+  out, dq, dk, dv = value_and_grads(fn, q, k, k, jnp.ones_like(q))
   for x in (out, dq, dk, dv):
     assert np.all(np.isfinite(x))
   masked = np.array([True] * 7 + [False] * 2 + [True] * 2 + [False])
@@ -216,7 +238,12 @@ def _ok(**overrides):
     (dict(window=0), "window must be None or a positive int"),
     (dict(softcap=-1.0), "softcap must be a finite positive number"),
     (dict(causal="yes"), "causal must be a Python bool"),
-    (dict(block_q=12, implementation="pallas_interpret"), "block_q=12: Pallas needs a multiple"),
+    (dict(block_q=12, implementation="pallas_interpret"),
+     "block_q=12: the TPU kernels need a multiple of 8"),
+    (dict(block_k=8, implementation="pallas_interpret", q=jnp.zeros((1, 8, 4, 8), jnp.bfloat16),
+          k=jnp.zeros((1, 8, 2, 8), jnp.bfloat16), v=jnp.zeros((1, 8, 2, 8), jnp.bfloat16)),
+     "block_k=8: the TPU kernels need a multiple of 16 for bfloat16"),
+    (dict(implementation="pallas"), "compiles the kernels for a GPU or TPU"),
     (dict(block_k=0, implementation="xla_chunked"), "block_k must be None or a positive int"),
 ])
 def test_invalid_arguments_raise_clear_errors(overrides, match):
@@ -231,24 +258,51 @@ def test_traced_scale_is_rejected():
     jax.jit(lambda s: pallas_kernels.attention(q, q, q, scale=s))(0.5)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the fallback is CPU-specific")
-def test_cpu_defaults_to_dense_then_chunked_and_compiled_pallas_falls_back_with_a_logged_reason(
-    caplog):
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU choice")
+def test_cpu_default_is_dense_then_chunked_with_no_kernel_and_pallas_raises():
   assert api.default_implementation() == "xla_chunked"
   assert api.default_implementation(16 * 4 * 256 * 256) == "xla"
   assert api.default_implementation(dense.DENSE_MAX_LOGITS + 1) == "xla_chunked"
   assert api.default_implementation(16 * 4 * 256 * 256, kv_len=256) == "xla"
   assert api.default_implementation(4 * 1024 * 1024, kv_len=dense.DENSE_MAX_KV_LEN) == "xla_chunked"
+
+  def cpu_program(L):  # None exported for CPU: the XLA path only (chunked = while loops)
+    x = jax.ShapeDtypeStruct((1, L, 2, 8), jnp.float32)
+    text = export_text(lambda q: pallas_kernels.attention(q, q, q, causal=True), x,
+                       platform="cpu")
+    assert "custom_call @tpu_custom_call" not in text and "triton" not in text
+    return text
+
+  assert "stablehlo.while" not in cpu_program(256)
+  assert "stablehlo.while" in cpu_program(dense.DENSE_MAX_KV_LEN)
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(1, 10, 2, 8)), jnp.float32)
-  with caplog.at_level(logging.WARNING):
-    out = jax.jit(lambda q: pallas_kernels.attention(q, q, q, causal=True,
-                                                     implementation="pallas"))(q)
-  assert "falling back from 'pallas' to 'xla_chunked'" in caplog.text
-  assert "need a GPU or TPU" in caplog.text
-  np.testing.assert_allclose(out, pallas_kernels.attention(q, q, q, causal=True,
-                                                           implementation="xla"),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(lambda q: pallas_kernels.attention(q, q, q, causal=True))(q),
+                             reference.attention(q, q, q, causal=True), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="compiles the kernels for a GPU or TPU"):
+    pallas_kernels.attention(q, q, q, implementation="pallas")
+
+
+def test_kernels_refuse_with_a_reason_before_lowering():
+  """Per-target block rules and limits, checked before anything is traced; the TPU VMEM
+  budget does not depend on the sequence length (key blocks are on a grid axis)."""
+  f32, bf16 = jnp.float32, jnp.bfloat16
+  reason = functools.partial(pallas.unsupported_reason, (1, 32768, 32, 128), (1, 32768, 4, 128))
+  assert reason(bf16, target="tpu") is None
+  assert reason(bf16, target="gpu") is None
+  assert reason(bf16, target="tpu", block_q=512, block_k=512) is None
+  assert "VMEM" in reason(f32, target="tpu", block_q=2048, block_k=2048)
+  assert "multiple of 16 for bfloat16" in reason(bf16, target="tpu", block_k=24)
+  assert reason(f32, target="tpu", block_k=24) is None
+  assert "power of two >= 16" in reason(f32, target="gpu", block_k=24)
+  assert "power of two >= 16" in reason(f32, target="gpu", block_q=8)
+  assert "exceeds 256" in pallas.unsupported_reason((1, 64, 4, 320), (1, 64, 4, 320), f32,
+                                                    target="gpu")
+  x = jnp.zeros((1, 32, 2, 8), f32)
+  with pytest.raises(ValueError, match="power of two"):
+    pallas.attention(x, x, x, target="gpu", block_k=24, interpret=True)
+  with pytest.raises(ValueError, match="target must be 'tpu' or 'gpu'"):
+    pallas.attention(x, x, x, target="cuda", interpret=True)
 
 
 def test_top_level_function_is_the_dispatcher():
