@@ -1,11 +1,13 @@
-"""Building the model and the (sharded) initial train state from a config."""
+"""Building the model and the (sharded) initial train state from a config.
 
-from typing import Any
+Imports no data stack and no ml_collections (configs are only read here), so
+experiments.device_check can use it on a machine with just jax/flax/optax."""
+
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -14,14 +16,17 @@ from jaxlab.sharding import rules
 from jaxlab.train import tasks
 from jaxlab.train.state import TrainState
 
+if TYPE_CHECKING:
+  import ml_collections
 
-def build_model(config: ml_collections.ConfigDict, spec: Any) -> nn.Module:
+
+def build_model(config: "ml_collections.ConfigDict", spec: Any) -> nn.Module:
   """config.model plus what the data decides (num_classes / vocab_size) -> a Flax module."""
-  model_cfg = ml_collections.ConfigDict(config.model.to_dict())
+  model_cfg = dict(config.model.to_dict())
   if spec.task == "classification" and "num_classes" not in model_cfg:
-    model_cfg.num_classes = spec.num_classes
+    model_cfg["num_classes"] = spec.num_classes
   if spec.task == "lm" and "vocab_size" not in model_cfg:
-    model_cfg.vocab_size = spec.vocab_size
+    model_cfg["vocab_size"] = spec.vocab_size
   options = {"base_width": int(config.get("base_width", 0))}
   if config.get("base_depth", 0):
     options["base_depth"] = int(config.base_depth)
@@ -42,7 +47,7 @@ def param_info_of(model: nn.Module, example: jax.Array) -> Any:
   return param.param_info(abstract)
 
 
-def make_tx(config: ml_collections.ConfigDict, model: nn.Module,
+def make_tx(config: "ml_collections.ConfigDict", model: nn.Module,
             info: Any) -> optax.GradientTransformation:
   """config.optim's optimizer followed by the model's parametrization's per-parameter LR scales
   (and, for Adam, its per-parameter epsilon scales)."""
