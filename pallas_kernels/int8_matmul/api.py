@@ -2,13 +2,22 @@
 per-token x per-output-channel float32 scales.
 
   "xla"              reference.py: lax.dot_general(int8, int8 -> int32), then the rescale.
-  "pallas"           pallas.py: blocked (M, N, K) kernels compiled for the TPU.
-  "pallas_interpret" the same kernels in the Pallas interpreter (any backend; used by tests).
-None picks "pallas" on TPU and "xla" elsewhere: the kernel's K-axis accumulator is a TPU (Mosaic)
-construct, and on GPU XLA lowers the int8 dot to an int8 GEMM; a TPU call whose tiles exceed the
-VMEM budget also runs "xla" (logged at warning level). Invalid arguments raise ValueError; so
-does an explicit "pallas" the kernels cannot run here (e.g. on CPU or GPU), naming the values
-that can.
+  "pallas"           pallas.py's kernels compiled for this machine's accelerator: Mosaic on TPU
+                     (a K grid axis with an int32 VMEM accumulator), Triton on GPU (a K loop
+                     inside each program); ValueError on CPU or when they refuse the call.
+  "pallas_interpret" the same kernels in the Pallas interpreter, laid out for this machine's
+                     accelerator (the TPU's on CPU); used by the tests.
+None follows the one dispatch rule of pallas_kernels (_dispatch.run): one program that runs the
+kernels where it is lowered for "tpu" or "cuda" (unless pallas.unsupported_reason refuses the
+call there, e.g. block sizes the target cannot tile or a TPU tile over the VMEM budget: then
+"xla", logged) and "xla" on every other platform, so a step exported or AOT-compiled for a TPU or
+GPU on a CPU host carries the kernels. On GPU the kernel is the default although XLA also lowers
+the int8 dot to an int8 GEMM (cuBLASLt): the kernel fuses the per-row / per-column rescale (and
+the scale gradients) where XLA writes the [M, N] int32 product out first; no GPU timing decides
+between the two yet (experiments.device_check compares them). Invalid arguments raise
+ValueError, as does an explicit "pallas" / "pallas_interpret" the kernels cannot run, naming the
+values that can. quantized_matmul's straight-through backward is two float32 XLA dots (no
+kernel).
 """
 
 import functools
@@ -17,15 +26,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels._checks import positive_int, resolve_implementation
+from pallas_kernels import _dispatch
+from pallas_kernels._checks import positive_int
 from pallas_kernels.int8_matmul import pallas, reference
 
 IMPLEMENTATIONS = ("pallas", "pallas_interpret", "xla")
+KERNEL_TARGETS = ("tpu", "gpu")  # where None runs the kernels
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16)
+_PATHS = {"xla": reference.int8_matmul}
 
 
 def default_implementation() -> str:
-  return "pallas" if pallas.target(False) == "tpu" else "xla"
+  """What None runs on this machine's default backend: "pallas" on TPU and GPU, else "xla"."""
+  return "pallas" if _dispatch.backend_target() in KERNEL_TARGETS else "xla"
 
 
 def _scale_vector(name: str, s, size: int, axis: str):
@@ -38,31 +51,21 @@ def _scale_vector(name: str, s, size: int, axis: str):
   return jnp.broadcast_to(s.astype(jnp.float32), (size,))
 
 
-def _resolve(implementation, M: int, N: int, K: int, blocks, op: str):
-  """(implementation to run, its block sizes or None) after the shared dispatch rules."""
-  blocks = tuple(positive_int(n, b) for n, b in zip(("block_m", "block_n", "block_k"), blocks))
-
-  def resolved(interpret: bool):
-    return tuple(b or d for b, d in zip(blocks, pallas.default_blocks(M, N, K, interpret)))
-
-  def unsupported(interpret: bool):
-    err = pallas.block_errors(blocks, interpret)
-    if err:
-      impl = "pallas_interpret" if interpret else "pallas"
-      raise ValueError(f"{err} (implementation={impl!r})")
-    return pallas.unsupported_reason(resolved(interpret), interpret=interpret)
-
-  impl = resolve_implementation(implementation, IMPLEMENTATIONS, default=default_implementation(),
-                                unsupported_reason=unsupported, op=op)
-  return impl, (None if impl == "xla" else resolved(impl == "pallas_interpret"))
+def _blocks(block_m, block_n, block_k) -> tuple:
+  return tuple(positive_int(n, b) for n, b in zip(pallas.BLOCK_NAMES, (block_m, block_n, block_k)))
 
 
-def _run(impl: str, blocks, x_q, w_q, x_scale, w_scale):
-  if impl == "xla":
-    return reference.int8_matmul(x_q, w_q, x_scale, w_scale)
-  block_m, block_n, block_k = blocks
-  return pallas.int8_matmul(x_q, w_q, x_scale, w_scale, block_m=block_m, block_n=block_n,
-                            block_k=block_k, interpret=impl == "pallas_interpret")
+def _run(op: str, implementation, blocks, x_q, w_q, x_scale, w_scale):
+  """int8_matmul of valid operands by the one dispatch rule (module docstring)."""
+  (M, K), N = x_q.shape, w_q.shape[1]
+  kw = dict(zip(pallas.BLOCK_NAMES, blocks))
+  return _dispatch.run(
+      op, implementation, (x_q, w_q, x_scale, w_scale), paths=_PATHS, default="xla",
+      kernel=lambda target, interpret: functools.partial(
+          pallas.int8_matmul, target=target, interpret=interpret, **kw),
+      unsupported_reason=lambda target, interpret: pallas.unsupported_reason(M, N, K, blocks,
+                                                                             target),
+      kernel_targets=KERNEL_TARGETS)
 
 
 def int8_matmul(x_q: jax.Array, w_q: jax.Array, x_scale, w_scale, *,
@@ -80,8 +83,9 @@ def int8_matmul(x_q: jax.Array, w_q: jax.Array, x_scale, w_scale, *,
     x_scale: float scalar or [M] (per-token scales); used as float32.
     w_scale: float scalar or [N] (per-output-channel scales); used as float32.
     implementation: None, "pallas", "pallas_interpret" or "xla" (module docstring).
-    block_m, block_n, block_k: Pallas tile sizes (None: pallas.py's defaults; multiples of 8,
-      on TPU of 32 / 128 / 128). Ignored by "xla".
+    block_m, block_n, block_k: Pallas tile sizes (None: pallas.default_blocks). TPU: multiples
+      of 32 / 128 / 128; GPU: powers of two >= 16 / 16 / 32. Ignored by "xla"; sizes a target
+      cannot take make None run "xla" there (logged) and an explicit kernel raise.
 
   Returns:
     float32 [M, N]. Gradients: x_q and w_q are integers and get none (jax.grad with respect to
@@ -102,8 +106,9 @@ def int8_matmul(x_q: jax.Array, w_q: jax.Array, x_scale, w_scale, *,
     raise ValueError(f"empty dimension in x_q {x_q.shape} or w_q {w_q.shape}")
   x_scale = _scale_vector("x_scale", x_scale, M, "M")
   w_scale = _scale_vector("w_scale", w_scale, N, "N")
-  impl, blocks = _resolve(implementation, M, N, K, (block_m, block_n, block_k), "int8_matmul")
-  return _run(impl, blocks, x_q, w_q, x_scale, w_scale)
+  _dispatch.check_implementation(implementation, _PATHS)
+  blocks = _blocks(block_m, block_n, block_k)
+  return _run("int8_matmul", implementation, blocks, x_q, w_q, x_scale, w_scale)
 
 
 # ----------------------------------------------------------------------------- quantized_matmul
@@ -128,22 +133,20 @@ def _quantize_both(x, w):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _quantized(impl: str, blocks, dtypes, x, w):
-  del dtypes
-  x_q, x_scale, w_q, w_scale = _quantize_both(x, w)
-  return _run(impl, blocks, x_q, w_q, x_scale, w_scale)
+def _quantized(implementation, blocks, dtypes, x, w):
+  return _quantized_fwd(implementation, blocks, dtypes, x, w)[0]
 
 
-def _quantized_fwd(impl: str, blocks, dtypes, x, w):
+def _quantized_fwd(implementation, blocks, dtypes, x, w):
   del dtypes
   res = _quantize_both(x, w)
   x_q, x_scale, w_q, w_scale = res
-  return _run(impl, blocks, x_q, w_q, x_scale, w_scale), res
+  return _run("quantized_matmul", implementation, blocks, x_q, w_q, x_scale, w_scale), res
 
 
-def _quantized_bwd(impl: str, blocks, dtypes, res, g):
+def _quantized_bwd(implementation, blocks, dtypes, res, g):
   """dtypes: (x.dtype, w.dtype), static, for the cotangents' dtypes."""
-  del impl, blocks
+  del implementation, blocks
   dx, dw = _dequantize_matmuls(res, g)
   return dx.astype(dtypes[0]), dw.astype(dtypes[1])
 
@@ -182,7 +185,7 @@ def quantized_matmul(x: jax.Array, w: jax.Array, *, implementation: str | None =
     raise ValueError(f"x [..., K] and w [K, N] must share K; got {x.shape} and {w.shape}")
   if x.size == 0 or w.size == 0:
     raise ValueError(f"empty dimension in x {x.shape} or w {w.shape}")
-  x2 = x.reshape(-1, K)
-  impl, blocks = _resolve(implementation, x2.shape[0], N, K, (block_m, block_n, block_k),
-                          "quantized_matmul")
-  return _quantized(impl, blocks, (x.dtype, w.dtype), x2, w).reshape(*x.shape[:-1], N)
+  _dispatch.check_implementation(implementation, _PATHS)
+  blocks = _blocks(block_m, block_n, block_k)
+  return _quantized(implementation, blocks, (x.dtype, w.dtype), x.reshape(-1, K),
+                    w).reshape(*x.shape[:-1], N)
