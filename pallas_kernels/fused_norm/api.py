@@ -2,18 +2,23 @@
 Scaling by 1/sqrt(layer_index) (Sun et al. 2025).
 
   "xla"              reference.py: plain jnp, float32 statistics.
-  "pallas"           pallas.py: row-tiled forward and backward kernels compiled for GPU / TPU.
-  "pallas_interpret" the same kernels in the Pallas interpreter (any backend; used by tests).
-None picks "pallas" on GPU/TPU and "xla" elsewhere (and "xla", logged at warning level, when the
-compiled kernels cannot run the call, e.g. a non-power-of-two feature dim on GPU). Invalid
-arguments raise ValueError; so does an explicit "pallas" the kernels cannot run here (e.g. on
-CPU), naming the values that can.
+  "pallas"           pallas.py: row-tiled forward and backward kernels compiled for this
+                     machine's TPU (Mosaic) or GPU (Triton).
+  "pallas_interpret" the same kernels in the Pallas interpreter, laid out for this machine's
+                     accelerator or, on a CPU host, the TPU (used by tests).
+None follows the one rule of every op (pallas_kernels/_dispatch.py): one program that runs the
+kernel compiled for the platform it is lowered for (tpu, cuda) and "xla" on every other
+platform or where pallas.unsupported_reason refuses the call for that target (logged), e.g. an
+explicit block_rows the target cannot take or a tile beyond the TPU's VMEM budget. Invalid
+arguments raise ValueError; so does an explicit "pallas" / "pallas_interpret" the kernels
+cannot run (e.g. "pallas" on a CPU), naming the values that can.
 """
 
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels._checks import positive_int, resolve_implementation, static_number
+from pallas_kernels import _dispatch
+from pallas_kernels._checks import positive_int, static_number
 from pallas_kernels.fused_norm import pallas, reference
 
 IMPLEMENTATIONS = ("pallas", "pallas_interpret", "xla")
@@ -22,7 +27,9 @@ KINDS = reference.KINDS
 
 
 def default_implementation() -> str:
-  return "pallas" if pallas.target(False) in ("gpu", "tpu") else "xla"
+  """What None runs on this machine's backend for a call the kernels take: "pallas" on a TPU or
+  GPU, "xla" elsewhere."""
+  return "xla" if _dispatch.backend_target() is None else "pallas"
 
 
 def _check_vector(name: str, v, features: int):
@@ -53,8 +60,9 @@ def fused_norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None = None, *,
     layer_index: None, or the 1-based layer l >= 1 for LayerNorm Scaling (output * 1/sqrt(l);
       Sun et al. 2025, "The Curse of Depth in LLMs").
     implementation: None, "pallas", "pallas_interpret" or "xla" (module docstring).
-    block_rows: rows per Pallas tile (None: pallas.py's default; a multiple of 8, of 16 for
-      bfloat16 on TPU, a power of two on GPU). Ignored by "xla".
+    block_rows: rows per Pallas tile (None: pallas.default_block_rows; on TPU a multiple of 8,
+      of 16 for bfloat16, or at least all rows; on GPU a power of two). Ignored by "xla"; a
+      value a target cannot take makes None run "xla" there.
 
   Returns:
     x's shape and dtype; differentiable in x, scale and bias.
@@ -73,21 +81,15 @@ def fused_norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None = None, *,
   layer_index = positive_int("layer_index", layer_index)
   block_rows = positive_int("block_rows", block_rows)
   rows = x.size // features
-
-  def unsupported(interpret: bool):
-    err = block_rows is not None and pallas.block_rows_error(block_rows, x.dtype, interpret)
-    if err:
-      impl = "pallas_interpret" if interpret else "pallas"
-      raise ValueError(f"{err} (implementation={impl!r})")
-    return pallas.unsupported_reason(
-        rows, features, x.dtype, interpret=interpret,
-        block_rows=block_rows or pallas.default_block_rows(rows, features, x.dtype, interpret))
-
-  impl = resolve_implementation(implementation, IMPLEMENTATIONS,
-                                default=default_implementation(), unsupported_reason=unsupported,
-                                op="fused_norm")
   kw = dict(kind=kind, eps=eps, layer_index=layer_index)
-  if impl == "xla":
-    return reference.fused_norm(x, scale, bias, **kw)
-  return pallas.fused_norm(x, scale, bias, block_rows=block_rows,
-                           interpret=impl == "pallas_interpret", **kw)
+
+  def kernel(target, interpret):
+    return lambda x, scale, bias: pallas.fused_norm(
+        x, scale, bias, block_rows=block_rows, target=target, interpret=interpret, **kw)
+
+  return _dispatch.run(
+      "fused_norm", implementation, (x, scale, bias),
+      paths={"xla": lambda x, scale, bias: reference.fused_norm(x, scale, bias, **kw)},
+      default="xla", kernel=kernel,
+      unsupported_reason=lambda target, interpret: pallas.unsupported_reason(
+          rows, features, x.dtype, block_rows=block_rows, target=target))

@@ -1,7 +1,8 @@
-"""pallas_kernels.fused_norm: the Pallas kernels (interpret mode) against the XLA reference for
-values and for dx, dscale, dbias (jax.vjp of the reference with a random cotangent), the "xla"
-path against an independent float64 numpy formula, the LayerNorm Scaling factor, the output
-statistics, and argument / dispatch errors.
+"""pallas_kernels.fused_norm: the Pallas kernels (interpret mode, laid out for the TPU and for the
+GPU) against the XLA reference for values and for dx, dscale, dbias (jax.vjp of the reference
+with a random cotangent), the "xla" path against an independent float64 numpy formula, the
+LayerNorm Scaling factor, the output statistics, and argument / dispatch errors. Lowering for
+the devices: test_lowering.py.
 
 Tolerances: |a - ref| <= tol * |ref| + tol * max|ref| elementwise, tol = 1e-5 for float32 and
 2e-2 for bfloat16 (both sides compute in float32 from the same bf16 inputs; outputs and
@@ -16,20 +17,21 @@ import numpy as np
 import pytest
 
 import pallas_kernels
-from pallas_kernels.fused_norm import api
+from pallas_kernels.fused_norm import api, pallas
 from tests.pallas_kernels.tolerances import TOL, assert_close
 
 
 def _random_cases(seed=0):
-  """One case per (kind, dtype, LayerNorm Scaling on/off): random leading shape and feature dim,
-  block_rows 8 or 16, the row count never a multiple of the block (the last tile is zero-padded)
-  and sometimes below it (a single padded tile); each kind runs with and without bias, with and
+  """One case per (kind, dtype, LayerNorm Scaling on/off): random leading shape and feature dim
+  (not always a power of two: the GPU layout masks the padded features), block_rows 8 or 16 (16
+  for bfloat16: TPU sublanes), the row count never a multiple of the block (the last tile is
+  partial) and sometimes below it (one tile); each kind runs with and without bias, with and
   without LayerNorm Scaling."""
   rng = np.random.default_rng(seed)
   cases = []
   for n, (kind, dtype, lns) in enumerate(itertools.product(
       api.KINDS, (jnp.float32, jnp.bfloat16), (False, True))):
-    block_rows = int(rng.choice([8, 16]))
+    block_rows = 16 if dtype == jnp.bfloat16 else int(rng.choice([8, 16]))
     rows = int(rng.integers(3, 3 * block_rows))
     while rows % block_rows == 0:
       rows += 1
@@ -69,18 +71,23 @@ def _run_once(fn, *args):
   return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})(*args)
 
 
+@pytest.mark.parametrize("target", ["tpu", "gpu"])
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
-def test_pallas_matches_reference_values_and_gradients(case):
+def test_pallas_matches_reference_values_and_gradients(case, target):
   x, scale, bias, dy = _inputs(case, seed=len(str(case)))
   kw = dict(kind=case["kind"], eps=case["eps"], layer_index=case["layer_index"])
+  rows, features = x.size // x.shape[-1], x.shape[-1]
+  assert pallas.unsupported_reason(rows, features, x.dtype, block_rows=case["block_rows"],
+                                   target=target) is None
 
-  def fn(implementation, **blocks):
-    return lambda x, s, b: pallas_kernels.fused_norm(x, s, b, implementation=implementation,
-                                                     **blocks, **kw)
+  def kernel(x, s, b):
+    return pallas.fused_norm(x, s, b, block_rows=case["block_rows"], target=target,
+                             interpret=True, **kw)
 
   def both(x, scale, bias, dy):
     out = []
-    for f in (fn("pallas_interpret", block_rows=case["block_rows"]), fn("xla")):
+    for f in (kernel, lambda x, s, b: pallas_kernels.fused_norm(x, s, b, implementation="xla",
+                                                                **kw)):
       y, vjp = jax.vjp(f, x, scale, bias)
       out.append((y, *vjp(dy)))
     return out
@@ -164,8 +171,9 @@ def test_cpu_default_is_xla():
     (dict(layer_index=0), "layer_index must be None or a positive int"),
     (dict(layer_index=1.5), "layer_index must be None or a positive int"),
     (dict(layer_index=True), "layer_index must be None or a positive int"),
-    (dict(block_rows=12, implementation="pallas_interpret"),
-     r"block_rows=12: Pallas needs a multiple of 8 .*implementation='pallas_interpret'"),
+    (dict(x=jnp.zeros((32, 8)), block_rows=12, implementation="pallas_interpret"),
+     r"implementation='pallas_interpret' cannot run this call \(tpu kernel\): block_rows=12: "
+     r"the TPU needs a multiple of 8"),
     (dict(block_rows=0), "block_rows must be None or a positive int"),
 ])
 def test_invalid_arguments_raise_clear_errors(overrides, match):
@@ -177,9 +185,22 @@ def test_invalid_arguments_raise_clear_errors(overrides, match):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="compiled Pallas runs on GPU/TPU")
 def test_explicit_compiled_pallas_on_cpu_raises_naming_the_valid_values():
-  with pytest.raises(ValueError, match=r"implementation='pallas' cannot run this call: compiled "
-                     r"Pallas kernels need a GPU or TPU.*\('pallas_interpret', 'xla'\)"):
+  with pytest.raises(ValueError, match=r"implementation='pallas' compiles the kernels for a GPU "
+                     r"or TPU.*\('xla',\)"):
     pallas_kernels.fused_norm(jnp.zeros((4, 8)), jnp.ones(8), implementation="pallas")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="interpret layout is backend-specific")
+def test_api_pallas_interpret_runs_the_tpu_layout_kernel():
+  """On a CPU host "pallas_interpret" runs the kernels laid out for the TPU; a bfloat16
+  block_rows of 8 (not 16 sublanes) is refused there, and 16 matches the reference."""
+  x, scale, bias, _ = _inputs(dict(dtype=jnp.bfloat16, shape=(40, 24), bias=True), seed=2)
+  with pytest.raises(ValueError, match="multiple of 16"):
+    pallas_kernels.fused_norm(x, scale, bias, implementation="pallas_interpret", block_rows=8)
+  got = pallas_kernels.fused_norm(x, scale, bias, implementation="pallas_interpret",
+                                  block_rows=16)
+  assert_close(got, pallas_kernels.fused_norm(x, scale, bias, implementation="xla"),
+               TOL[jnp.bfloat16], "y")
 
 
 def test_traced_eps_is_rejected_under_jit():
