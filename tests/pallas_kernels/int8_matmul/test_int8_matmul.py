@@ -241,9 +241,16 @@ def test_cpu_default_is_xla():
   assert api.default_implementation() == "xla"
   rng = np.random.default_rng(5)
   x_q, w_q = _codes(rng, (5, 9)), _codes(rng, (9, 4))
-  np.testing.assert_array_equal(
-      pallas_kernels.int8_matmul(x_q, w_q, 0.5, 0.25),
-      pallas_kernels.int8_matmul(x_q, w_q, 0.5, 0.25, implementation="xla"))
+  xs, ws = jnp.float32(0.5), jnp.asarray(rng.uniform(0.1, 1, 4), jnp.float32)
+
+  def value_and_grads(implementation):
+    y, vjp = jax.vjp(lambda a, b: pallas_kernels.int8_matmul(
+        x_q, w_q, a, b, implementation=implementation), xs, ws)
+    return y, vjp(jnp.ones_like(y))
+
+  # None: jit and grad through lax.platform_dependent (the kernels on tpu / cuda only)
+  got, want = (jax.jit(lambda: value_and_grads(impl))() for impl in (None, "xla"))
+  jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
 @pytest.mark.parametrize("overrides,match", [
