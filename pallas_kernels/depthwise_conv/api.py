@@ -1,39 +1,47 @@
 """pallas_kernels.depthwise_conv: 1-D causal and 2-D large-kernel depthwise convolutions.
 
+`implementation` follows the one rule of pallas_kernels._dispatch (its docstring):
+  None               one program that runs, per platform it is lowered for, the Pallas kernels
+                     (pallas.py: forward, dx, dw) compiled for "tpu" (Mosaic) or "cuda"
+                     (Triton), and "xla" everywhere else and wherever the kernels' unsupported_
+                     reason refuses the call (a block size the target cannot tile with, a TPU
+                     tile over the VMEM budget, a GPU array past int32 offsets; logged).
+  "pallas"           the kernels compiled for this machine's TPU / GPU; ValueError with the
+                     reason where there is none or they refuse the call.
+  "pallas_interpret" the kernels in the Pallas interpreter, laid out for this machine's
+                     accelerator, else the TPU's (used by tests); ValueError when refused.
   "xla"              shift_add.py: sums of shifted, per-channel-scaled inputs (fuses into one
                      loop on CPU, where XLA's grouped convolution is slow).
 reference.py (lax.conv_general_dilated, feature_group_count = C) is the oracle of the tests.
-  "pallas"           pallas.py: Pallas kernels (forward, dx, dw) compiled for the TPU.
-  "pallas_interpret" the same kernels in the Pallas interpreter (any backend; used by tests).
-None picks "pallas" on TPU and "xla" elsewhere (on GPU, XLA calls cuDNN's depthwise
-convolutions; the kernels' halo'd tiles do not fit Triton's power-of-two blocks). Invalid
-arguments raise ValueError; a valid call the compiled kernels cannot run (no TPU, a VMEM limit)
-runs "xla" instead and logs why (absl logging, warning level).
+Invalid arguments raise ValueError whatever the implementation.
 """
 
+import functools
 import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
+from pallas_kernels import _dispatch
 from pallas_kernels._checks import positive_int
 from pallas_kernels.depthwise_conv import pallas, reference, shift_add
 
-IMPLEMENTATIONS = ("pallas", "pallas_interpret", "xla")
+XLA_PATHS = ("xla",)  # the dispatcher's paths: built per call (they close over static args)
+IMPLEMENTATIONS = (_dispatch.KERNEL, _dispatch.INTERPRET, *XLA_PATHS)
+KERNEL_TARGETS = ("tpu", "gpu")
 DTYPES = (jnp.float32, jnp.bfloat16)
 
 
 def default_implementation() -> str:
-  return "pallas" if jax.default_backend() == "tpu" else "xla"
+  """What implementation=None runs on this machine's default backend (calls the kernels
+  accept): "pallas" on a TPU or GPU, "xla" elsewhere."""
+  return "pallas" if _dispatch.backend_target() in KERNEL_TARGETS else "xla"
 
 
 def _check_common(x, w, ndim: int, implementation):
   """Shared checks; returns (x, w) as arrays."""
-  if implementation is not None and implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation must be None or one of {IMPLEMENTATIONS}; "
-                     f"got {implementation!r}")
+  _dispatch.check_implementation(implementation, XLA_PATHS)
   x, w = jnp.asarray(x), jnp.asarray(w)
   layout = "[batch, length, channels]" if ndim == 1 else "[batch, height, width, channels]"
   wlayout = "[taps, channels]" if ndim == 1 else "[kh, kw, channels]"
@@ -50,26 +58,16 @@ def _check_common(x, w, ndim: int, implementation):
   return x, w
 
 
-def _resolve(implementation, x, w, block, block_c, *, block_name: str, need: int, align: int,
-             default_block: int) -> str:
-  """The implementation to run: validates the Pallas block sizes, then falls back to 'xla'
-  (logging why) when the compiled kernels cannot run this call."""
-  impl = implementation or default_implementation()
-  if impl == "xla":
-    return impl
-  interpret = impl == "pallas_interpret"
-  err = block is not None and pallas.block_error(block_name, block, need=need, align=align)
-  err = err or (block_c is not None and pallas.block_c_error(block_c, x.shape[-1], interpret))
-  if err:
-    raise ValueError(f"{err} (implementation={impl!r})")
-  reason = pallas.unsupported_reason(
-      x.shape, w.shape, x.dtype, block=block or default_block,
-      block_c=block_c or pallas.default_block_c(x.shape[-1]), interpret=interpret)
-  if reason is None:
-    return impl
-  logging.warning("pallas_kernels.depthwise_conv: falling back from %r to 'xla': %s", impl,
-                  reason)
-  return "xla"
+def _run(op: str, implementation, x, w, xla, kernel, pads, block, block_c):
+  """_dispatch.run with the "xla" path `xla` and the Pallas entry `kernel(x, w, target=,
+  interpret=)`."""
+  return _dispatch.run(
+      op, implementation, (x, w), paths={"xla": xla}, default="xla",
+      kernel=lambda target, interpret: lambda x, w: kernel(x, w, target=target,
+                                                          interpret=interpret),
+      unsupported_reason=lambda target, interpret: pallas.unsupported_reason(
+          x.shape, w.shape, x.dtype, pads=pads, block=block, block_c=block_c, target=target),
+      kernel_targets=KERNEL_TARGETS)
 
 
 def depthwise_conv1d(x: jax.Array, w: jax.Array, *, causal: bool = True,
@@ -88,8 +86,10 @@ def depthwise_conv1d(x: jax.Array, w: jax.Array, *, causal: bool = True,
     w: [taps, channels], same dtype; any number of taps (also more than length).
     causal: as above (a Python bool).
     implementation: None, "pallas", "pallas_interpret" or "xla" (module docstring).
-    block_l, block_c: Pallas tile sizes (time steps, a multiple of 8 and >= taps - 1;
-      channels). None: pallas.py's defaults. Ignored by "xla".
+    block_l, block_c: Pallas tile sizes (time steps, channels; None: pallas.py's defaults).
+      TPU: block_l a multiple of 8 (16 for bf16), block_c a multiple of 128 or >= C; GPU:
+      powers of two. A size the target's kernel cannot take is refused there (rule above).
+      Ignored by "xla".
 
   Returns:
     [batch, length, channels] in x's dtype (computed in float32).
@@ -99,13 +99,12 @@ def depthwise_conv1d(x: jax.Array, w: jax.Array, *, causal: bool = True,
     raise ValueError(f"causal must be a Python bool; got {causal!r}")
   block_l = positive_int("block_l", block_l)
   block_c = positive_int("block_c", block_c)
-  K = w.shape[0]
-  impl = _resolve(implementation, x, w, block_l, block_c, block_name="block_l", need=K - 1,
-                  align=pallas.SUBLANES, default_block=pallas.default_block_l(x.shape[1], K))
-  if impl == "xla":
-    return shift_add.depthwise_conv1d(x, w, causal=bool(causal))
-  return pallas.depthwise_conv1d(x, w, causal=bool(causal), block_l=block_l, block_c=block_c,
-                                 interpret=impl == "pallas_interpret")
+  causal = bool(causal)
+  return _run("depthwise_conv1d", implementation, x, w,
+              lambda x, w: shift_add.depthwise_conv1d(x, w, causal=causal),
+              functools.partial(pallas.depthwise_conv1d, causal=causal, block_l=block_l,
+                                block_c=block_c),
+              (reference.conv1d_pads(w.shape[0], causal),), block_l, block_c)
 
 
 def _explicit_padding(padding, ksize):
@@ -149,8 +148,9 @@ def depthwise_conv2d(x: jax.Array, w: jax.Array, *, padding="SAME",
     padding: "SAME" (output size = input size; pads ((kh-1)//2, kh//2), ((kw-1)//2, kw//2)),
       "VALID", or ((top, bottom), (left, right)) with each pad in [0, kernel size - 1].
     implementation: None, "pallas", "pallas_interpret" or "xla" (module docstring).
-    block_h, block_c: Pallas tile sizes (output rows, >= kh - 1; channels). None: pallas.py's
-      defaults. Ignored by "xla".
+    block_h, block_c: Pallas tile sizes (TPU output rows, unused on GPU; channels: TPU a
+      multiple of 128 or >= C, GPU a power of two). None: pallas.py's defaults (block_h shrinks
+      to fit the TPU's VMEM). Ignored by "xla".
 
   Returns:
     [batch, height + top + bottom - kh + 1, width + left + right - kw + 1, channels] in x's
@@ -165,9 +165,8 @@ def depthwise_conv2d(x: jax.Array, w: jax.Array, *, padding="SAME",
                      f"padding {pads} (output would be {out})")
   block_h = positive_int("block_h", block_h)
   block_c = positive_int("block_c", block_c)
-  impl = _resolve(implementation, x, w, block_h, block_c, block_name="block_h", need=kh - 1,
-                  align=1, default_block=pallas.default_block_h(out[0], kh))
-  if impl == "xla":
-    return shift_add.depthwise_conv2d(x, w, padding=pads)
-  return pallas.depthwise_conv2d(x, w, padding=pads, block_h=block_h, block_c=block_c,
-                                 interpret=impl == "pallas_interpret")
+  return _run("depthwise_conv2d", implementation, x, w,
+              lambda x, w: shift_add.depthwise_conv2d(x, w, padding=pads),
+              functools.partial(pallas.depthwise_conv2d, padding=pads, block_h=block_h,
+                                block_c=block_c),
+              pads, block_h, block_c)
