@@ -210,7 +210,8 @@ def quantize_operand(x: jax.Array, fmt: Format | None, contracting: Sequence[int
                                         ste=fmt.ste)
     return fp8.fp8_fake_quant_current(x, fmt.dtype, granularity=gran, axis=free,
                                       margin=fmt.margin, pow2=fmt.pow2, ste=fmt.ste)
-  raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(t.__name__ for t in OPERAND_FORMATS)}")
+  valid = ", ".join(t.__name__ for t in OPERAND_FORMATS)
+  raise ValueError(f"unknown format {fmt!r}; valid: {valid}")
 
 
 def _with_quantized_cotangent(op: Callable, fmt: Format) -> Callable:
