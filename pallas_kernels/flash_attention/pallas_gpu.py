@@ -18,6 +18,8 @@ Kernels (arrays [batch, heads, seq, head_dim]; S = softcap(scale q k^T)):
   * dK/dV, grid (batch, kv heads, key blocks): loops over the query heads sharing the kv head
     (grouped-query attention needs no atomics) and the query blocks that can see the key tile,
     dV += P^T dO, dK += dS^T Q.
+Lowered from a CPU host with jax.export (tests/pallas_kernels/flash_attention/test_lowering.py)
+and run in the Pallas interpreter; not yet compiled on a device.
 """
 
 import functools

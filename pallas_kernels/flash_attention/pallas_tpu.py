@@ -22,6 +22,8 @@ pl.when, and their index maps are clamped to a visited block, so a skipped step 
 copy. Segment ids: the query tile's as a [block_q, 1] column, the key tile's as a [1, block_k]
 row of a [batch, key blocks, 1, block_k] array (its last two block dims are the full dims, so any
 block_k that is a multiple of 8 lays out). logsumexp and rowsum(dO * O) are [seq, 1] columns.
+Lowered from a CPU host with jax.export (tests/pallas_kernels/flash_attention/test_lowering.py)
+and run in the Pallas interpreter; not yet compiled on a device.
 """
 
 import functools
