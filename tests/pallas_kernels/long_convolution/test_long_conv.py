@@ -1,14 +1,13 @@
-"""pallas_kernels.long_conv: the "fft" and Pallas block-Toeplitz (interpret mode) paths against
-the XLA reference (values and du, dk through jax.vjp with a random cotangent), the "xla" path
-against independent numpy loops, causality, argument errors, the CPU fallback, and the SGConv
-kernel parameterisation.
+"""pallas_kernels.long_conv: the "fft" path and the block-Toeplitz Pallas kernels (interpret
+mode, laid out for the TPU and for the GPU) against the XLA reference (values and du, dk through
+jax.vjp with a random cotangent), the "xla" path against independent numpy loops, causality, the
+in-kernel Toeplitz construction, argument and dispatch errors, and the SGConv kernel
+parameterisation. Lowering for the devices: test_lowering.py.
 
 Tolerances: |x - ref| <= tol * |ref| + tol * max|ref| elementwise, tol = 1e-5 for float32 and
 2e-2 for bfloat16 (every path computes in float32, or accumulates in float32, from the same
 bf16 inputs; outputs and gradients are rounded to bf16).
 """
-
-import logging
 
 import flax
 import jax
@@ -17,19 +16,29 @@ import numpy as np
 import pytest
 
 import pallas_kernels
-from pallas_kernels.long_convolution import api, sgconv
+from pallas_kernels.long_convolution import api, pallas, sgconv
 from tests.pallas_kernels.tolerances import TOL, assert_close, value_and_grads
 
 
-# Lengths mostly not multiples of the block (8 or 16); channel counts not multiples of block_c.
-CASES = [
-    dict(B=2, L=21, C=3, block=8),
-    dict(B=1, L=40, C=5, block=16, block_c=2),
-    dict(B=2, L=19, C=3, k_len=7, block=8),  # kernel shorter than the sequence
-    dict(B=1, L=6, C=2),  # default block: one block
-    dict(B=2, L=33, C=3, block=8, block_c=2, dtype=jnp.bfloat16),
-    dict(B=1, L=24, C=4, block=16, dtype=jnp.bfloat16),
+# Lengths mostly not multiples of the block; channel counts not multiples of block_c.
+FFT_CASES = [
+    dict(B=2, L=21, C=3),
+    dict(B=1, L=40, C=5),
+    dict(B=2, L=19, C=3, k_len=7),  # kernel shorter than the sequence
+    dict(B=2, L=33, C=3, dtype=jnp.bfloat16),
 ]
+# Per target, block sizes its hardware takes (TPU: time blocks of 128 lanes; GPU: powers of two),
+# several time blocks (the off-diagonal Toeplitz blocks and both backward kernels' loops), a
+# short kernel, channel padding, bfloat16, and a single block.
+KERNEL_CASES = {
+    "tpu": [dict(B=2, L=300, C=3),
+            dict(B=1, L=260, C=5, k_len=200, block_c=2, dtype=jnp.bfloat16),
+            dict(B=3, L=20, C=2, block=128)],
+    "gpu": [dict(B=2, L=21, C=3, block=8),
+            dict(B=1, L=40, C=5, k_len=30, block=16, block_c=2),
+            dict(B=2, L=33, C=3, block=8, block_c=2, dtype=jnp.bfloat16),
+            dict(B=1, L=6, C=2)],
+}
 
 
 def _ids(cases):
@@ -47,18 +56,56 @@ def _make_case(case):
   return u, k, dy, TOL[dtype]
 
 
-@pytest.mark.parametrize("implementation", ["fft", "pallas_interpret"])
-@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
-def test_matches_reference_values_and_gradients(case, implementation):
+def _check_against_reference(fn, case, what):
   u, k, dy, tol = _make_case(case)
-  blocks = {name: case[name] for name in ("block", "block_c") if name in case}
   expected = value_and_grads(lambda u, k: pallas_kernels.long_conv(
       u, k, implementation="xla"), u, k, dy)
-  actual = value_and_grads(lambda u, k: pallas_kernels.long_conv(
-      u, k, implementation=implementation, **blocks), u, k, dy)
+  actual = value_and_grads(fn, u, k, dy)
   for name, a, e in zip(("y", "du", "dk"), actual, expected):
     assert a.shape == e.shape and a.dtype == e.dtype, name
-    assert_close(a, e, tol, f"{name} {case} {implementation}")
+    assert_close(a, e, tol, f"{name} {case} {what}")
+
+
+@pytest.mark.parametrize("case", FFT_CASES, ids=_ids(FFT_CASES))
+def test_fft_matches_reference_values_and_gradients(case):
+  _check_against_reference(
+      lambda u, k: pallas_kernels.long_conv(u, k, implementation="fft"), case, "fft")
+
+
+@pytest.mark.parametrize("target,case", [(t, c) for t, cs in KERNEL_CASES.items() for c in cs],
+                         ids=[f"{t}-{i}" for t, cs in KERNEL_CASES.items()
+                              for i in _ids(cs)])
+def test_kernels_match_reference_values_and_gradients(target, case):
+  blocks = {name: case[name] for name in ("block", "block_c") if name in case}
+  u_shape = (case["B"], case["L"], case["C"])
+  dtype = case.get("dtype", jnp.float32)
+  assert pallas.unsupported_reason(u_shape, dtype, target=target, **dict(
+      dict(block=None, block_c=None), **blocks)) is None
+  _check_against_reference(lambda u, k: pallas.long_conv(u, k, target=target, interpret=True,
+                                                         **blocks), case, target)
+
+
+@pytest.mark.parametrize("block", [8, 16])
+def test_interpreter_toeplitz_equals_the_strided_roll_of_the_hardware_path(block):
+  """toeplitz_rows: the strided lane roll (pltpu.roll, run here through its emulation) and the
+  interpreter's static gather give the same out[r, s] = w[r, T - 1 - r + s]."""
+  w = np.random.default_rng(block).normal(size=(block, 2 * block)).astype(np.float32)
+  want = np.array([[w[r, block - 1 - r + s] for s in range(block)] for r in range(block)])
+  for interpret in (False, True):
+    got = jax.jit(lambda w: pallas.toeplitz_rows(w, block, interpret))(w)
+    np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"interpret={interpret}")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="interpret layout is backend-specific")
+def test_api_pallas_interpret_runs_the_tpu_layout_kernels():
+  """On a CPU host "pallas_interpret" runs the TPU layout: a time block of 64 (not 128 lanes) is
+  refused with the reason, the default matches the reference."""
+  case = dict(B=2, L=150, C=3)
+  with pytest.raises(ValueError, match=r"\(tpu kernel\): block=64: the TPU needs a multiple of "
+                     "128"):
+    pallas_kernels.long_conv(*_make_case(case)[:2], implementation="pallas_interpret", block=64)
+  _check_against_reference(lambda u, k: pallas_kernels.long_conv(
+      u, k, implementation="pallas_interpret"), case, "api pallas_interpret")
 
 
 def test_xla_path_matches_numpy_loops():
@@ -88,7 +135,7 @@ def test_is_causal(implementation):
   u = jnp.asarray(rng.normal(size=(1, L, C)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(L, C)), jnp.float32)
   jac = jax.jit(jax.jacrev(lambda u: pallas_kernels.long_conv(
-      u, k, implementation=implementation, block=8)))(u)[0, :, :, 0]  # [t, c, s, c']
+      u, k, implementation=implementation)))(u)[0, :, :, 0]  # [t, c, s, c']
   jac = np.asarray(jac)
   bound = 1e-6 * np.abs(jac).max() if implementation == "fft" else 0.0
   for t in range(L):
@@ -111,7 +158,8 @@ def _ok(**overrides):
     (dict(k=jnp.zeros((9, 3))), "kernel_length 9 exceeds the sequence length 8"),
     (dict(u=jnp.zeros((0, 8, 3))), "empty dimension"),
     (dict(k=jnp.zeros((8, 3), jnp.bfloat16)), "must both be float32 or both bfloat16"),
-    (dict(block=12, implementation="pallas_interpret"), "block=12: Pallas needs a multiple of 8"),
+    (dict(block=12, implementation="pallas_interpret"),
+     "block=12: the TPU needs a multiple of 128"),
     (dict(block=0), "block must be None or a positive int"),
     (dict(block_c=True), "block_c must be None or a positive int"),
 ])
@@ -121,17 +169,16 @@ def test_invalid_arguments_raise_clear_errors(overrides, match):
     pallas_kernels.long_conv(kw.pop("u"), kw.pop("k"), **kw)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the fallback is CPU-specific")
-def test_cpu_defaults_to_fft_and_compiled_pallas_falls_back_with_a_logged_reason(caplog):
-  assert api.default_implementation() == "fft"
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the default is backend-specific")
+def test_cpu_defaults_to_fft_and_explicit_compiled_pallas_raises():
+  assert api.default_implementation() == "fft" == api.default_implementation(64)
   rng = np.random.default_rng(0)
   u = jnp.asarray(rng.normal(size=(1, 12, 2)), jnp.float32)
-  with caplog.at_level(logging.WARNING):
-    out = jax.jit(lambda u: pallas_kernels.long_conv(u, u[0], implementation="pallas"))(u)
-  assert "falling back from 'pallas' to 'fft'" in caplog.text
-  assert "need a TPU" in caplog.text
+  out = jax.jit(lambda u: pallas_kernels.long_conv(u, u[0]))(u)
   np.testing.assert_array_equal(out, pallas_kernels.long_conv(u, u[0], implementation="fft"))
-  np.testing.assert_array_equal(out, pallas_kernels.long_conv(u, u[0]))
+  with pytest.raises(ValueError, match=r"implementation='pallas' compiles the kernels for a GPU "
+                     r"or TPU.*\('fft', 'xla'\)"):
+    pallas_kernels.long_conv(u, u[0], implementation="pallas")
 
 
 # ----------------------------------------------------------------------------- SGConv
