@@ -17,33 +17,38 @@ outputs are cast to the input dtype, dw partials stay float32 until the final su
 
 One body cannot serve both compilers, so each kernel has a variant per `target`:
   * "tpu" (Mosaic). Channels are the 128 lanes (block_c a multiple of 128 or all of C); grid
-    (batch, channel blocks, row tiles), every axis "parallel". A tile holds `block` output rows
-    and reads `block` input rows plus a halo of the next k - 1 rows: a second BlockSpec on the
-    same padded input whose height `halo` divides `block`, so tile i's halo is block
-    (i + 1) * block / halo (overlapping windows with plain Blocked specs, no manual DMA). The
-    kernel copies tile and halo into one float32 VMEM window and reads every tap from it as a
-    shifted ref slice (pl.ds): Mosaic cannot slice a value at a loop-dependent offset.
+    (batch, channel blocks, row tiles), every axis "parallel". Tile i holds `block` output rows
+    and reads the input window of rows [i * block, i * block + block + halo), halo = k - 1:
+    a BlockSpec of pl.Element dimensions (element offsets, so consecutive windows overlap; the
+    pipeline still double-buffers them, no manual DMA). Every tap is a shifted ref slice of the
+    window (pl.ds; Mosaic cannot slice a value at a loop-dependent offset); bf16 windows are
+    first copied to an f32 VMEM scratch, so shifted reads are of 32-bit rows. Per-tap weights
+    and dw partials are [1, block_c] rows indexed on leading dimensions.
       1-D: rows are time steps on sublanes (block and halo multiples of 8, 16 for bf16); the K
         taps are unrolled over strips of <= 64 rows, so each strip's sum stays in vregs.
-      2-D: window [block + halo, padded width, block_c] (rows leading, width on sublanes); a
+      2-D: window [block + kh - 1, padded width, block_c] (rows leading, width on sublanes); a
         loop over output rows and kernel rows, the kw taps of a kernel row unrolled, keeps one
-        output row [width, block_c] in vregs. Per-step VMEM is O((block + halo) * width *
-        block_c), independent of the image height; calls above VMEM_BUDGET_BYTES are refused.
-  * "gpu" (Triton, selected by its compiler params: Triton tensors must have power-of-two
-    sizes and cannot be sliced at offsets in registers, so the halo'd tiles above cannot be
-    expressed). Whole-array refs in global memory, read with pl.ds at each tap's offset (the
+        output row [width, block_c] in vregs. Per-step VMEM is O((block + kh) * width *
+        block_c), independent of the image height: the default block shrinks (down to one row)
+        to fit VMEM_BUDGET_BYTES, and calls that do not fit at one row are refused.
+  * "gpu" (Triton, selected by its compiler params). Triton tensors must have power-of-two
+    sizes and cannot be sliced at offsets in registers, so the TPU's windows cannot be
+    expressed: whole-array refs in global memory, read with pl.ds at each tap's offset (the
     repeated reads of neighbouring taps hit L1/L2). 1-D runs as 2-D with one row. Forward / dx:
     grid (batch, output rows, width tiles, channel blocks); a program loops over the kh x kw
     taps accumulating a [block_w, block_c] tile. dw: grid (kh, kw, channel blocks, batch x
     position chunks); a program loops over its chunk of (row, width tile) positions. Inputs
-    are zero-padded by XLA so that every power-of-two read is in bounds (no masks).
+    are zero-padded by XLA so that every power-of-two read is in bounds (no masks). Arrays past
+    int32 element offsets are refused.
 
-Only lowering (jax.export for "tpu" and "cuda" from a CPU host) and interpret mode have been
-run while writing this; the device compilers check more.
+Only lowering (jax.export for "tpu" and "cuda" from a CPU host, jax 0.10.2 and 0.11.2) and
+interpret mode have been run while writing this; the device compilers (Mosaic's layout passes,
+Triton's PTX) check more, and nothing here has been timed on a device.
 """
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -99,12 +104,14 @@ def out_shape(x_shape, ksize, pads) -> tuple:
 
 def _tpu_vmem_bytes(x_shape, ksize, dtype, block: int, block_c: int) -> int:
   """Rough TPU per-step VMEM of the widest call (dx, whose input is padded by k - 1 per side):
-  double-buffered input window and output tile, the f32 copy of a bf16 window."""
+  double-buffered input window, output tile and f32 taps (weights, dw partials), plus the f32
+  copy of a bf16 window."""
   itemsize = jnp.dtype(dtype).itemsize
   width = 1 if len(ksize) == 1 else x_shape[2] + 2 * (ksize[1] - 1)
   window = (block + halo_rows(ksize[0], dtype, len(ksize))) * width * block_c
   out = block * width * block_c
-  return 2 * window * itemsize + 2 * out * 4 + (window * 4 if itemsize < 4 else 0)
+  taps = math.prod(ksize) * block_c
+  return 2 * (window * itemsize + out * 4 + taps * 4) + (window * 4 if itemsize < 4 else 0)
 
 
 def default_block(x_shape, ksize, pads, dtype, target: str) -> int:
