@@ -3,9 +3,9 @@
 `implementation` follows the one rule of pallas_kernels._dispatch (its docstring):
   None               one program that runs, per platform it is lowered for, the Pallas kernels
                      (pallas.py: forward, dx, dw) compiled for "tpu" (Mosaic) or "cuda"
-                     (Triton), and "xla" everywhere else and wherever the kernels' unsupported_
-                     reason refuses the call (a block size the target cannot tile with, a TPU
-                     tile over the VMEM budget, a GPU array past int32 offsets; logged).
+                     (Triton), and "xla" everywhere else and wherever pallas.unsupported_reason
+                     refuses the call (a block size the target cannot tile with, a TPU tile
+                     over the VMEM budget, a GPU array past int32 offsets; logged).
   "pallas"           the kernels compiled for this machine's TPU / GPU; ValueError with the
                      reason where there is none or they refuse the call.
   "pallas_interpret" the kernels in the Pallas interpreter, laid out for this machine's

@@ -366,7 +366,7 @@ def _as_2d(c: Config) -> Config:
 def _gpu_padded(x, pads, rows: int, width: int, channels: int):
   """x [B, H, W, C] zero-padded by pads ((top, bottom), (left, right)) and then at the end to
   `rows` x `width` x `channels`."""
-  (top, bottom), (left, right) = pads
+  (top, _), (left, _) = pads
   H, W, C = x.shape[1:]
   return jnp.pad(x, [(0, 0), (top, rows - H - top), (left, width - W - left), (0, channels - C)])
 
