@@ -14,8 +14,10 @@ Gradients:
     the same shape of sum with the roles swapped: the [T, T] Toeplitz of u's window
     (G = reverse-in-time(T zeros ++ u), blocks nb-1-(i-d) and nb-(i-d)) against dy_i.
 
-Per target (one maths, two kernel bodies because the hardware wants different tools; the
-interpreter runs exactly the target's layout):
+Kernels (NAMES): "long_conv_toeplitz" (y), "long_conv_toeplitz_du" (the same kernel on reversed
+dy), "long_conv_toeplitz_grad" (dk). Per target one maths, two kernel bodies, because the
+hardware wants different tools; the interpreter runs the target's layout and block rules (the
+TPU's strided roll as the equivalent static gather, see toeplitz_rows):
   * "tpu" (Mosaic), layout [channels, batch, time] (time on lanes). Forward grid
     (channel blocks, i, j), j the innermost "arbitrary" reduction axis (j > i skipped, its fetch
     clamped to j = i), a float32 VMEM accumulator per output tile. Per channel: w [1, 2T] is
@@ -76,13 +78,16 @@ def block_error(value: int, target: str) -> str | None:
 
 
 def step_bytes(batch: int, itemsize: int, *, block: int, block_c: int) -> int:
-  """Rough VMEM of one TPU grid step (the heavier of forward and dk): double-buffered [block_c,
-  B, T] tiles (u or dy, y) and a float32 accumulator, two double-buffered tap / window tiles
-  (their [1, T] rows padded to 8 sublanes in the forward), and ~4 float32 [T, 2T] temporaries
-  of the per-channel Toeplitz build. No term depends on the sequence length."""
+  """VMEM of one TPU grid step, the heavier of the two kernels, [.., B, T] tiles counted with
+  B padded to 8 sublanes and every BlockSpec tile double-buffered:
+    forward: taps 2 x [block_c, 1, T] float32, u and y [block_c, B, T], a float32 accumulator;
+    dk: dy and 2 u windows [block_c, B, T], dk [block_c, 1, T] float32;
+  plus ~4 float32 [T, 2T] temporaries of one channel's Toeplitz build. No term depends on the
+  sequence length."""
   rows = max(batch, 8)
-  tiles = block_c * block * (2 * 2 * rows * itemsize + rows * 4 + 2 * 2 * rows * 4)
-  return tiles + 4 * block * 2 * block * 4
+  forward = 2 * 2 * 8 * 4 + 2 * 2 * rows * itemsize + rows * 4
+  dk = 2 * 3 * rows * itemsize + 2 * 8 * 4
+  return block_c * block * max(forward, dk) + 4 * block * 2 * block * 4
 
 
 def default_block_c(channels: int, batch: int, itemsize: int, *, block: int,
