@@ -41,11 +41,3 @@ def compiler_params(target: str, dimension_semantics: Sequence[str], *,
     return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
   raise ValueError(f"target must be 'tpu' or 'gpu'; got {target!r}")
 
-
-def target(interpret: bool) -> str:  # TODO(issue 14): removed once every op takes `target`
-  """'interpret', 'tpu', 'gpu' or another backend name: which layout rules apply."""
-  import jax
-  if interpret:
-    return "interpret"
-  backend = jax.default_backend()
-  return "gpu" if backend in ("cuda", "rocm") else backend
