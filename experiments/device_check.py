@@ -9,8 +9,10 @@ against its reference and timed against the XLA path, and the LM train step's to
 Kernels (through the public pallas_kernels API with implementation="pallas", or
 "pallas_interpret" with --interpret and automatically when this machine has no GPU/TPU):
 attention forward + backward (causal MHA bf16, causal GQA f32), depthwise conv 1-D and 2-D
-(7x7, 31x31) forward + backward, long convolution forward + backward, fused LayerNorm / RMSNorm
-forward + backward, int8 matmul (and its scale gradients). Each is checked against the op's
+(7x7, 31x31) forward + backward, long convolution forward + backward (at 1024 and at 4096 taps:
+on GPU implementation=None takes the FFT beyond 1024, long_convolution.api.MAX_LENGTH, and these
+two rows measure that crossover), fused LayerNorm / RMSNorm forward + backward, int8 matmul (and
+its scale gradients). Each is checked against the op's
 plain-XLA reference.py on the same inputs upcast to f32: the error is max|out - ref| / max|ref|
 for the output and for each gradient (a fixed random cotangent), and must stay below the stated
 tolerance (TOLERANCE: f32 kernels may use TF32 / bf16 passes on the matrix units; bf16 rounds
@@ -128,6 +130,13 @@ def _depthwise2d_case(rng, name, B, S, C, ksize, dtype) -> Case:
               lambda x, w: dw_ref.depthwise_conv2d(x, w, padding=pads), (0, 1), ("xla",))
 
 
+def _long_conv_case(rng, name, B, L, C) -> Case:
+  u, k = _normal(rng, (B, L, C)), _normal(rng, (L, C)) / L ** 0.5
+  return Case(name, f"B={B} L={L} C={C}", "float32", (u, k),
+              lambda u, k, implementation: pk.long_conv(u, k, implementation=implementation),
+              lc_ref.long_conv, (0, 1), ("fft",))
+
+
 def _norm_case(rng, kind, rows, D, dtype) -> Case:
   x = _normal(rng, (rows, D), dtype)
   scale = 1 + 0.1 * _normal(rng, (D,), dtype)
@@ -154,10 +163,8 @@ def cases(size: str) -> list[Case]:
   rng = np.random.default_rng(0)
   toy = size == "toy"
   B1, L1, C1 = (2, 128, 128) if toy else (8, 4096, 768)
-  L2, C2 = (256, 128) if toy else (4096, 256)
   rows, D = (64, 256) if toy else (16384, 1024)
   x1, w1 = _normal(rng, (B1, L1, C1)), _normal(rng, (4, C1)) / 2
-  u, k = _normal(rng, (1 if toy else 4, L2, C2)), _normal(rng, (L2, C2)) / L2 ** 0.5
   return [
       _attention_case(rng, "attention", *((1, 256, 2, 2, 64) if toy else (4, 4096, 16, 16, 128)),
                       BF16, baselines=True),
@@ -171,9 +178,8 @@ def cases(size: str) -> list[Case]:
                         7, BF16),
       _depthwise2d_case(rng, "depthwise_conv2d_31x31", *((1, 32, 128) if toy else (8, 64, 128)),
                         31, F32),
-      Case("long_conv", f"B={u.shape[0]} L={L2} C={C2}", "float32", (u, k),
-           lambda u, k, implementation: pk.long_conv(u, k, implementation=implementation),
-           lc_ref.long_conv, (0, 1), ("fft",)),
+      _long_conv_case(rng, "long_conv", *((1, 256, 128) if toy else (8, 1024, 512))),
+      _long_conv_case(rng, "long_conv_long", *((1, 512, 128) if toy else (4, 4096, 256))),
       _norm_case(rng, "layernorm", rows, D, BF16),
       _norm_case(rng, "rmsnorm", rows, D, F32),
       _int8_case(rng, *((64, 256, 128) if toy else (4096, 4096, 4096))),
@@ -228,8 +234,13 @@ def check(case: Case, impl: str) -> dict:
           "passed": all(np.isfinite(e) and e <= tol for e in errors.values())}
 
 
+def _na(e: Exception) -> str:
+  return f"n/a: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+
+
 def time_case(case: Case, impl: str, timing: Timing) -> dict:
-  """Median ms of forward and forward+backward for the kernel, each XLA path and baseline."""
+  """Median ms of forward and forward+backward for the kernel, each XLA path and baseline; a
+  program that does not compile or run here (cuDNN missing, out of memory) is "n/a: why"."""
   fns = {impl: lambda *a: case.op(*a, implementation=impl)}
   fns.update({p: (lambda p: lambda *a: case.op(*a, implementation=p))(p) for p in case.paths})
   fns.update(case.baselines)
@@ -241,8 +252,9 @@ def time_case(case: Case, impl: str, timing: Timing) -> dict:
     for name, f in fns.items():
       try:
         compiled = compile_program(f if mode == "fwd" else _fwd_bwd(f, case.diff), *args)
-      except Exception as e:  # noqa: BLE001  (a baseline this machine lacks, e.g. cuDNN)
-        result[f"{name} {mode}"] = f"n/a: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        jax.block_until_ready(compiled(*args))  # warm-up; fails here if it does not fit
+      except Exception as e:  # noqa: BLE001
+        result[f"{name} {mode}"] = _na(e)
         continue
       calls[name] = (lambda c, a: lambda: c(*a))(compiled, args)
     for name, times in time_interleaved(calls, timing).items():
@@ -251,16 +263,23 @@ def time_case(case: Case, impl: str, timing: Timing) -> dict:
 
 
 def run_case(case: Case, impl: str, timing: Timing) -> dict:
-  row = {"kernel": case.name, "shape": case.shape, "dtype": case.dtype, "implementation": impl}
+  """Check, then time, one kernel; status pass / FAIL (tolerance) / refused (the dispatcher
+  has no kernel for this call here) / error (an exception in the check)."""
+  row = {"kernel": case.name, "shape": case.shape, "dtype": case.dtype, "implementation": impl,
+         "xla_path": case.paths[0]}
   t = time.perf_counter()
   try:
     row.update(check(case, impl))
     row["status"] = "pass" if row["passed"] else "FAIL"
-    row["time_ms"] = time_case(case, impl, timing)
   except ValueError as e:  # the dispatcher refuses: no kernel for this target / shape
     row.update(status="refused", error=str(e))
   except Exception as e:  # noqa: BLE001  (one broken kernel must not hide the others)
     row.update(status="error", error=f"{type(e).__name__}: {e}")
+  if row["status"] in ("pass", "FAIL"):
+    try:
+      row["time_ms"] = time_case(case, impl, timing)
+    except Exception as e:  # noqa: BLE001
+      row["time_ms"] = {"error": _na(e)}
   row["seconds"] = time.perf_counter() - t
   print(f"{case.name}: {row['status']} ({row['seconds']:.1f} s)", flush=True)
   return row
@@ -329,6 +348,8 @@ def time_lm_step(size: str, dtype: str, attention_impl: str, peak: float) -> dic
 def _fmt(v) -> str:
   if isinstance(v, float):
     return f"{v:.3g}"
+  if isinstance(v, str) and v.startswith("n/a"):
+    return "n/a"
   return "-" if v is None else str(v)
 
 
@@ -345,9 +366,7 @@ def markdown(result: dict) -> str:
          f"{result['date']}, size {result['size']}, kernels: implementation={impl!r}\n"]
   rows = []
   for r in result["kernels"]:
-    t = r.get("time_ms", {})
-    xla = [p for p in ("xla", "xla_chunked", "fft") if f"{p} fwd" in t][:1]
-    ref = xla[0] if xla else None
+    t, ref = r.get("time_ms", {}), r["xla_path"]
 
     def speed(mode, t=t, ref=ref):
       k, x = t.get(f"{impl} {mode}"), t.get(f"{ref} {mode}")
@@ -362,10 +381,12 @@ def markdown(result: dict) -> str:
   out.append("Kernels vs the f32 reference (error: max|out - ref| / max|ref|, worst gradient) "
              "and vs the op's XLA path (ms, median; speedup = XLA / kernel):\n")
   out.append(_table(["kernel", "shape", "dtype", "err out", "err grad", "tol", "check", "XLA path",
-                     "kernel fwd", "XLA fwd", "x", "kernel fwd+bwd", "XLA fwd+bwd", "x"], rows))
+                     "kernel fwd", "XLA fwd", "x fwd", "kernel fwd+bwd", "XLA fwd+bwd",
+                     "x fwd+bwd"], rows))
   for r in result["kernels"]:
-    if "error" in r:
-      out.append(f"- {r['kernel']}: {r['status']}: {r['error'][:300]}\n")
+    notes = [f"{r['status']}: {r['error'][:300]}"] if "error" in r else []
+    notes += [f"{k}: {v}" for k, v in r.get("time_ms", {}).items() if isinstance(v, str)]
+    out += [f"- {r['kernel']}: {n}" for n in notes]
   attn = [r for r in result["kernels"] if r["kernel"] == "attention" and "time_ms" in r]
   if attn:
     t = attn[0]["time_ms"]
@@ -383,7 +404,11 @@ def markdown(result: dict) -> str:
           f"{r['config']['num_layers']} x {r['config']['d_model']}",
           f"{r['config']['batch']} x {r['config']['seq_len']}", r["step_ms"],
           f"{r['tokens_per_s']:,.0f}", r["model_tflops"], r["peak_tflops"],
-          f"{100 * r['mfu']:.1f}%", r["loss"]] for r in result["lm_step"]]))
+          f"{100 * r['mfu']:.1f}%", r["loss"]] if "error" not in r
+         else [r["dtype"], r["attention_impl"], "error"] + [None] * 7
+         for r in result["lm_step"]]))
+    out += [f"- LM step {r['dtype']} {r['attention_impl']}: {r['error']}"
+            for r in result["lm_step"] if "error" in r]
   return "\n".join(out)
 
 
@@ -411,9 +436,13 @@ def main(argv):
     runs = [("float32", attention), ("bfloat16", attention), ("bfloat16", "xla")]
     result["lm_step"] = []
     for dtype, attn in runs:
-      result["lm_step"].append(time_lm_step(size, dtype, attn, peaks[dtype]))
-      print(f"LM step {dtype} attention={attn}: {result['lm_step'][-1]['step_ms']:.1f} ms",
-            flush=True)
+      try:
+        row = time_lm_step(size, dtype, attn, peaks[dtype])
+      except Exception as e:  # noqa: BLE001  (e.g. out of memory: report, go on)
+        row = {"dtype": dtype, "attention_impl": attn, "error": _na(e), "finite": False}
+      result["lm_step"].append(row)
+      took = f"{row['step_ms']:.1f} ms/step" if "step_ms" in row else row["error"]
+      print(f"LM step {dtype} attention={attn}: {took}", flush=True)
   result["seconds"] = time.perf_counter() - start
   failed = [r["kernel"] for r in result["kernels"] if r["status"] != "pass"]
   passed = len(result["kernels"]) - len(failed)

@@ -37,7 +37,7 @@ class Spec:
 ATTENTION = ("flash_attention_fwd", "flash_attention_dq", "flash_attention_dkv")
 DEPTHWISE_2D = ("depthwise_conv2d", "depthwise_conv2d_dx", "depthwise_conv2d_dw")
 DEPTHWISE_1D = ("depthwise_conv1d", "depthwise_conv1d_dx", "depthwise_conv1d_dw")
-LONG_CONV = ("long_conv_toeplitz", "long_conv_toeplitz_grad")
+LONG_CONV = ("long_conv_toeplitz", "long_conv_toeplitz_du", "long_conv_toeplitz_grad")
 
 
 def _lm_batch():
