@@ -462,5 +462,16 @@ def main(argv):
     raise SystemExit(f"device_check: not passed: {', '.join(failed)}")
 
 
+def _single_threaded_cpu_eigen() -> None:
+  """XLA:CPU of jaxlib 0.11.2 sometimes never finishes an FFT program (its FftThunk runs ducc0
+  on the intra-op Eigen pool it is itself running on; here ~1 toy run in 5 hung in the long
+  conv's "fft" backward, jaxlib 0.10.2 never did). Single-threaded Eigen avoids it; only XLA:CPU
+  reads the flag, so accelerator runs are unaffected. Must run before the backends start."""
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_multi_thread_eigen" not in xla_flags:
+    os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_cpu_multi_thread_eigen=false".strip()
+
+
 if __name__ == "__main__":
+  _single_threaded_cpu_eigen()
   app.run(main)
