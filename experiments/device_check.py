@@ -1,7 +1,8 @@
 r"""One command for a fresh GPU or TPU machine: every Pallas kernel compiled there, checked
 against its reference and timed against the XLA path, and the LM train step's tokens/s and MFU.
 
-  python -m experiments.device_check                      # GPU / TPU, full sizes (< 8 min, H100)
+  python -m experiments.device_check                      # GPU / TPU, full sizes (sized for
+                                                          # < 8 min on one H100)
   python -m experiments.device_check --size=toy           # any machine; no accelerator: the
                                                           # kernels run in the Pallas interpreter
   python -m experiments.device_check --out_dir=/tmp/dc    # where the JSON and markdown go
