@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from experiments.configs import shakespeare_lm
+from experiments.kernel_bench.measure import lm_flops_per_token
 from jaxlab import data, optim, quant, sharding
 from jaxlab.train import step as step_lib
 from jaxlab.train.init import build_model, dummy_input, init_state
@@ -78,12 +79,6 @@ def gemm_peak(sizes=(512, 1024, 2048), repeats=5) -> tuple[float, int]:
       times.append((time.perf_counter() - t) / reps)
     best = max(best, (2 * n**3 / min(times) / 1e9, n))
   return best
-
-
-def lm_flops_per_token(num_layers: int, d_model: int, mlp_ratio: int, seq_len: int,
-                       vocab: int) -> float:
-  n = num_layers * (4 * d_model**2 + 2 * mlp_ratio * d_model**2) + d_model * vocab
-  return 6 * n + 12 * num_layers * seq_len * d_model
 
 
 class _Runner:

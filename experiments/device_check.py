@@ -52,7 +52,8 @@ import numpy as np
 import optax
 
 import pallas_kernels as pk
-from experiments.kernel_bench.measure import Timing, compile_program, time_interleaved
+from experiments.kernel_bench.measure import (Timing, compile_program, lm_flops_per_token,
+                                              time_interleaved)
 from jaxlab import models, sharding
 from jaxlab.train import init
 from jaxlab.train import step as step_lib
@@ -295,13 +296,6 @@ def matmul_peak(dtype, n: int, timing: Timing) -> float:
   compiled = compile_program(jnp.matmul, a, a)
   times = time_interleaved({"mm": lambda: compiled(a, a)}, timing)["mm"]
   return 2 * n**3 / statistics.median(times) / 1e12
-
-
-def lm_flops_per_token(num_layers: int, d_model: int, mlp_ratio: int, seq_len: int,
-                       vocab: int) -> float:
-  """PaLM's 6N + 12 L T d (N: non-embedding matmul parameters incl. the readout)."""
-  n = num_layers * (4 * d_model**2 + 2 * mlp_ratio * d_model**2) + d_model * vocab
-  return 6 * n + 12 * num_layers * seq_len * d_model
 
 
 LM_SIZES = {"toy": dict(d_model=128, num_layers=1, num_heads=2, seq_len=256, batch=2, steps=2),

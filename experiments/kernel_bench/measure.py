@@ -1,5 +1,5 @@
 """Measurement helpers shared by the kernel benchmarks: compiling, compiled-program memory and
-kernels, interleaved timing, markdown tables."""
+kernels, interleaved timing, markdown tables, LM model FLOPs (for MFU)."""
 
 import dataclasses
 import math
@@ -104,3 +104,11 @@ def ms(s: float) -> str:
 def normal(i: int, shape):
   """Standard normal f32 inputs from numpy (jax.random would compile a program per shape)."""
   return jnp.asarray(np.random.default_rng(i).standard_normal(shape, np.float32))
+
+
+def lm_flops_per_token(num_layers: int, d_model: int, mlp_ratio: int, seq_len: int,
+                       vocab: int) -> float:
+  """Model FLOPs per token of a decoder LM train step: PaLM's 6N + 12 L T d (Chowdhery et al.
+  2022, App. B; N: non-embedding matmul parameters incl. the readout)."""
+  n = num_layers * (4 * d_model**2 + 2 * mlp_ratio * d_model**2) + d_model * vocab
+  return 6 * n + 12 * num_layers * seq_len * d_model

@@ -16,7 +16,7 @@ H100 = "NVIDIA H100 80GB HBM3"  # the GPU jax 0.11 lowers Triton kernels for (sm
 _DISABLED = [jax.export.DisabledSafetyCheck.custom_call(KERNEL_CALLS["cuda"])]
 
 
-def _target_device(platform: str):
+def target_device(platform: str):
   """A context naming the device the export is for. Triton lowering asks for the GPU's compute
   capability; jax >= 0.11 reads it from the abstract mesh's device and fails on a CPU host
   without one ("No supported GPU devices found"). jax 0.10 needs nothing."""
@@ -32,7 +32,7 @@ def export_text(fn, *args, platform: str) -> str:
   args may be arrays or jax.ShapeDtypeStructs. One platform per export: a program with
   platform_dependent kernels cannot be exported for "tpu" and "cuda" at once in jax 0.10/0.11
   (every branch is lowered for every platform, and a pallas_call's compiler params name one)."""
-  with _target_device(platform):
+  with target_device(platform):
     exported = jax.export.export(jax.jit(fn), platforms=[platform], disabled_checks=_DISABLED)
     return exported(*args).mlir_module()
 
