@@ -15,10 +15,14 @@ from ml_collections import config_flags
 from experiments import config_overrides
 from jaxlab import data
 from jaxlab.sharding import distributed
-from jaxlab.train import loop
+from jaxlab.train import loop, workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "path to an experiments/configs file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (metrics, checkpoints)")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
+    "allow_config_change", [], "config keys (dotted, e.g. optim.learning_rate, or a parent such "
+    "as optim) that may differ from the workdir's config.json when resuming; both configs are "
+    "kept (config.<step>.json) and metrics.jsonl marks the step (see jaxlab/train/workdir.py)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,10 +39,14 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())
   distributed.initialize_from_flags()
   try:
-    result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                     allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (loop.NonFiniteLossError, data.DatasetNotPreparedError) as e:
     logging.error("%s", e)
     sys.exit(1)
+  except workdir.WorkdirError as e:  # config drift on resume, a locked workdir
+    logging.error("%s", e)
+    sys.exit(2)
   if result.get("preempted"):
     logging.info("stopped by SIGTERM at step %d; rerun the same command to resume", result["step"])
 

@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -24,6 +24,7 @@ from jaxlab.depth.rescaling import BLOCK_PATTERN
 from jaxlab.train import checkpoint, step as step_lib, tasks
 from jaxlab.train.init import (build_model, dummy_input, init_inputs, init_state, make_tx,
                                param_info_of)
+from jaxlab.train import workdir as workdir_lib
 from jaxlab.train.metrics import MetricsWriter
 
 SYNC_EVERY = 10  # wait for the device at least this often (8 simulated CPU devices need it)
@@ -122,13 +123,28 @@ def _check_finite(pending: list[tuple[int, dict]], last_ckpt: int | None, workdi
           f" {where}. Lower config.optim.learning_rate or enable config.optim.grad_clip.")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains config from scratch or from the latest checkpoint in workdir; returns final metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: Sequence[str] = ()) -> dict[str, Any]:
+  """Trains config from scratch or from the latest checkpoint in workdir; returns final metrics.
+
+  The workdir is locked for the run (workdir_lib.WorkdirLock, process 0). A resume whose config
+  changes how the checkpoints were trained raises workdir_lib.WorkdirError unless the changed
+  keys are in allow_config_change (see jaxlab/train/workdir.py for which keys may change).
+  """
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() != 0:
+    return _train_and_evaluate(config, workdir, allow_config_change)
+  with workdir_lib.WorkdirLock(workdir):
+    return _train_and_evaluate(config, workdir, allow_config_change)
+
+
+def _train_and_evaluate(config, workdir, allow_config_change) -> dict[str, Any]:
   is_chief = jax.process_index() == 0
-  if is_chief:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+  new_config = workdir_lib.config_dict(config)
+  latest = max(workdir_lib.checkpoint_steps(workdir), default=0)
+  changes = {}
+  if latest:  # checked before anything is built or restored: a shape change cannot restore
+    changes = workdir_lib.check_resume(workdir, new_config, latest, allow_config_change)
   mesh = sharding.make_mesh(config.mesh)
   validate_config(config, mesh.size)
   spec = data.dataset_spec(config.data)
@@ -151,7 +167,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_ckpt = int(state.step)
     logging.info("resumed from checkpoint at step %d", last_ckpt)
   start = int(state.step)
+  if start and start != latest:  # restored an older checkpoint: compare with its config
+    changes = workdir_lib.check_resume(workdir, new_config, start, allow_config_change)
   writer = MetricsWriter(workdir, resume_step=start, enabled=is_chief)
+  if is_chief:  # every check passed: the config goes on the record
+    workdir_lib.record_config(workdir, config.to_json(indent=2), start, changes if start else {})
 
   def save():
     nonlocal last_ckpt
