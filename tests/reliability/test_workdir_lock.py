@@ -103,3 +103,19 @@ def test_lock_released_after_an_exception_and_after_sigterm(mlp_config, tfds_dat
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err[-3000:]
   assert (workdir / wd.LOCK).read_text() == "" and lock_is_free(workdir)
+
+
+def test_lock_file_naming_a_live_process_that_holds_no_flock_is_refused(tmp_path, caplog):
+  """No flock but the named pid runs on this host (a filesystem without flock?): refuse, say how
+  to clear it. Another host's entry with a free flock is stale: taken over with a warning."""
+  lock = tmp_path / wd.LOCK
+  lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+  with pytest.raises(wd.WorkdirError, match=f"pid {os.getppid()} .* delete the file"):
+    wd.WorkdirLock(str(tmp_path)).acquire()
+  assert json.loads(lock.read_text())["pid"] == os.getppid()  # left as it was
+
+  lock.write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+  with wd.WorkdirLock(str(tmp_path)):
+    assert json.loads(lock.read_text()) == {"pid": os.getpid(), "host": socket.gethostname()}
+  assert "stale lock" in caplog.text and "host elsewhere (lock not held)" in caplog.text
+  assert lock.read_text() == ""
