@@ -3,8 +3,11 @@
   python -m experiments.train --config=experiments/configs/mnist5k_mlp.py --workdir=/tmp/mlp
   python -m experiments.train --config=... --workdir=... --config.optim.learning_rate=3e-3
 
-Rerunning the same command resumes from the latest checkpoint in --workdir. Multi-host: add
---coordinator_address/--num_processes/--process_id (see jaxlab/sharding/distributed.py).
+Rerunning the same command resumes from the latest checkpoint in --workdir. A resume whose
+config changes how the checkpoints were trained (model, optim, data, seed, batch size, ...) stops
+with one line (exit 2) unless --allow_config_change=KEYS; num_steps may grow. One run per
+workdir: a second exits 2 naming the first's pid and host (jaxlab/train/workdir.py). Multi-host:
+add --coordinator_address/--num_processes/--process_id (see jaxlab/sharding/distributed.py).
 """
 
 import sys
