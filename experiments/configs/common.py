@@ -24,6 +24,10 @@ def base_config() -> ml_collections.ConfigDict:
   # depth/* keys in metrics.jsonl; models with block_<i> residual blocks; 0 disables
   c.depth_metrics_every = 0
   c.checkpoint_every = 500
+  # divergence guard (jaxlab.train.loop): stop when the logged train loss stays above
+  # factor x its running minimum (the step-1 loss included) for `patience` consecutive logs;
+  # periodic checkpoints wait while it is above. factor=0 disables (non-finite values always stop)
+  c.divergence = ml_collections.ConfigDict({"factor": 10.0, "patience": 3})
   c.max_to_keep = 3
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
   c.optim = ml_collections.ConfigDict({

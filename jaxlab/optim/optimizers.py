@@ -5,6 +5,7 @@ linear), warmup_steps, min_lr_ratio (cosine/linear floor as a fraction of the pe
 b1, b2, eps, momentum (sgd), grad_clip (global-norm clip; 0 disables).
 """
 
+import math
 from typing import Any
 
 import optax
@@ -18,6 +19,12 @@ SCHEDULES = ("constant", "cosine", "linear")
 def make_schedule(cfg: Any, num_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to the peak, then constant, cosine or linear decay to the floor."""
   peak, warmup = float(cfg.learning_rate), int(cfg.warmup_steps)
+  if not (math.isfinite(peak) and peak > 0):
+    raise ValueError(f"config.optim.learning_rate={cfg.learning_rate} must be a positive finite "
+                     "number (the peak of the schedule)")
+  if not 0 <= float(cfg.get("min_lr_ratio", 0.0)) <= 1:
+    raise ValueError(f"config.optim.min_lr_ratio={cfg.min_lr_ratio} must lie in [0, 1] (the "
+                     "schedule's floor as a fraction of config.optim.learning_rate)")
   if cfg.schedule not in SCHEDULES:
     raise ValueError(f"config.optim.schedule={cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
   if not 0 <= warmup <= num_steps:
@@ -27,7 +34,7 @@ def make_schedule(cfg: Any, num_steps: int) -> optax.Schedule:
   if cfg.schedule == "constant":
     after = optax.constant_schedule(peak)
   elif cfg.schedule == "cosine":
-    after = optax.cosine_decay_schedule(peak, decay_steps, alpha=floor / peak if peak else 0.0)
+    after = optax.cosine_decay_schedule(peak, decay_steps, alpha=floor / peak)
   else:
     after = optax.linear_schedule(peak, floor, decay_steps)
   if warmup == 0:

@@ -2,11 +2,13 @@
 
 One readable loop (big_vision habit). Fault tolerance: checkpoints hold the train state and the
 data-iterator state, so rerunning the same command resumes bit-exactly from the latest one;
-SIGTERM saves and returns; a non-finite loss or gradient stops the run before any checkpoint of
-a bad state can be written.
+SIGINT (Ctrl-C) and SIGTERM save and return (during start-up: raise Interrupted); a non-finite
+loss, gradient or parameter norm, or a loss that stays far above its running minimum
+(config.divergence), stops the run before any checkpoint of a bad state can be written.
 """
 
 import json
+import math
 import os
 import re
 import signal
@@ -19,42 +21,126 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from jaxlab import data, quant, sharding
+from jaxlab import data, optim, quant, sharding
 from jaxlab.depth.rescaling import BLOCK_PATTERN
 from jaxlab.train import checkpoint, step as step_lib, tasks
 from jaxlab.train.init import (build_model, dummy_input, init_inputs, init_state, make_tx,
                                param_info_of)
 from jaxlab.train import workdir as workdir_lib
-from jaxlab.train.metrics import MetricsWriter
+from jaxlab.train.metrics import MetricsWriter, read_metrics
 
 SYNC_EVERY = 10  # wait for the device at least this often (8 simulated CPU devices need it)
 
 
-class NonFiniteLossError(FloatingPointError):
-  pass
+class DivergenceError(FloatingPointError):
+  """The run diverged and stopped before checkpointing the bad state (experiments.train: exit 1)."""
+
+
+class NonFiniteLossError(DivergenceError):
+  """A non-finite train loss, gradient norm or parameter norm."""
+
+
+class Interrupted(KeyboardInterrupt):
+  """SIGINT or SIGTERM during start-up (before the train loop): nothing new was saved."""
+
+  def __init__(self, signal_name: str):
+    super().__init__(f"stopped by {signal_name} during start-up")
+    self.signal_name = signal_name
 
 
 class _StopFlag:
-  """Set by SIGTERM; checked after every step."""
+  """SIGINT (Ctrl-C) and SIGTERM handlers for one run.
+
+  Until arm() (start-up: data, model, init, restore) a signal raises Interrupted; once the loop
+  is about to start it only records the signal, and the loop saves a checkpoint after the
+  current step and returns (result["preempted"], result["signal"]).
+  """
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.signal_name: str | None = None
+    self._armed = False
+    self._previous = {}
+
+  @property
+  def requested(self) -> bool:
+    return self.signal_name is not None
+
+  def arm(self) -> None:
+    self._armed = True
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. some notebook runners): no handler
-      self._previous = None
+    for sig in self.SIGNALS:
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. some notebook runners): no handler
+        pass
     return self
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint and stopping after this step")
-    self.requested = True
+    del frame
+    name = signal.Signals(signum).name
+    if not self._armed:
+      raise Interrupted(name)
+    if self.signal_name is None:
+      logging.warning("%s received: saving a checkpoint and stopping after this step", name)
+      self.signal_name = name
+    else:
+      logging.warning("%s received: already stopping after this step", name)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+
+
+class _DivergenceGuard:
+  """config.divergence: stops the run when the logged train loss stays above factor x its
+  running minimum (the loss at step 1, before any update, counts) for `patience` consecutive
+  logs. While the loss is above, periodic checkpoints wait (so the newest one stays good)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    cfg = config.get("divergence") or {}
+    self.factor = float(cfg.get("factor", 0.0))
+    self.patience = int(cfg.get("patience", 3))
+    self.running_min = math.inf
+    self.streak: list[int] = []  # the steps of the consecutive logs above the threshold
+
+  @property
+  def above(self) -> bool:
+    return bool(self.streak)
+
+  def update(self, step: int, loss: float, first_loss: float | None = None) -> bool:
+    """Adds one logged train loss (first_loss: the step-1 loss); True once the run diverged."""
+    if not self.factor:
+      return False
+    if first_loss is not None:
+      self.running_min = min(self.running_min, first_loss)
+    self.streak = self.streak + [step] if loss > self.factor * self.running_min else []
+    self.running_min = min(self.running_min, loss)
+    return len(self.streak) >= self.patience
+
+  def replay(self, workdir: str, upto: int) -> None:
+    """Resumes the guard's state from the train losses metrics.jsonl logged up to step `upto`."""
+    try:
+      rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    except (OSError, ValueError):  # no or unreadable metrics: the guard starts afresh
+      return
+    for r in rows:
+      if isinstance(r.get("train/loss"), float) and r.get("step", upto + 1) <= upto:
+        self.update(r["step"], r["train/loss"])
+
+  def error(self, step: int, loss: float, last_ckpt: int | None, workdir: str) -> DivergenceError:
+    return DivergenceError(
+        f"train loss {loss:.4g} at step {step} stayed above {self.factor:g} x its running minimum"
+        f" {self.running_min:.4g} for {self.patience} consecutive logs (steps {self.streak[0]}"
+        f"-{step}); stopping. {_last_good(last_ckpt, workdir)}. Lower"
+        " config.optim.learning_rate, or set config.divergence.factor=0 to disable this check.")
+
+
+def _last_good(last_ckpt: int | None, workdir: str) -> str:
+  return (f"The last good checkpoint is step {last_ckpt} in {workdir}/checkpoints"
+          if last_ckpt is not None else "No checkpoint was written yet")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -69,6 +155,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if config[key] % num_devices:
       raise ValueError(f"config.{key}={config[key]} must be divisible by the {num_devices} devices"
                        " of the mesh (each device gets an equal slice of the batch)")
+  div = config.get("divergence") or {}
+  factor, patience = float(div.get("factor", 0.0)), div.get("patience", 3)
+  if not (factor == 0 or (math.isfinite(factor) and factor > 1)):
+    raise ValueError(f"config.divergence.factor={factor} must be 0 (off) or a finite number > 1")
+  if not (isinstance(patience, int) and patience >= 1):
+    raise ValueError(f"config.divergence.patience={patience} must be a positive integer")
+  optim.make_schedule(config.optim, config.num_steps)  # a bad learning rate stops us before data
 
 
 def evaluate(state, config, model, mesh) -> dict[str, float]:
@@ -114,13 +207,12 @@ def _mean_train_metrics(pending: list[tuple[int, dict]]) -> dict[str, float]:
 
 def _check_finite(pending: list[tuple[int, dict]], last_ckpt: int | None, workdir: str) -> None:
   for step, m in pending:
-    loss, gnorm = jax.device_get((m["loss"], m["grad_norm"]))
-    if not (np.isfinite(loss) and np.isfinite(gnorm)):
-      where = (f"the last good checkpoint is step {last_ckpt} in {workdir}/checkpoints"
-               if last_ckpt is not None else "no checkpoint was written yet")
+    loss, gnorm, pnorm = jax.device_get((m["loss"], m["grad_norm"], m["param_norm"]))
+    if not (np.isfinite(loss) and np.isfinite(gnorm) and np.isfinite(pnorm)):
       raise NonFiniteLossError(
-          f"non-finite training loss ({loss}) or gradient norm ({gnorm}) at step {step}; stopping."
-          f" {where}. Lower config.optim.learning_rate or enable config.optim.grad_clip.")
+          f"non-finite training loss ({loss}), gradient norm ({gnorm}) or parameter norm ({pnorm})"
+          f" at step {step}; stopping. {_last_good(last_ckpt, workdir)}. Lower"
+          " config.optim.learning_rate or enable config.optim.grad_clip.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -132,13 +224,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   keys are in allow_config_change (see jaxlab/train/workdir.py for which keys may change).
   """
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() != 0:
-    return _train_and_evaluate(config, workdir, allow_config_change)
-  with workdir_lib.WorkdirLock(workdir):
-    return _train_and_evaluate(config, workdir, allow_config_change)
+  with _StopFlag() as stop:  # SIGINT / SIGTERM: Interrupted during start-up, then save and stop
+    if jax.process_index() != 0:
+      return _train_and_evaluate(config, workdir, allow_config_change, stop)
+    with workdir_lib.WorkdirLock(workdir):
+      return _train_and_evaluate(config, workdir, allow_config_change, stop)
 
 
-def _train_and_evaluate(config, workdir, allow_config_change) -> dict[str, Any]:
+def _train_and_evaluate(config, workdir, allow_config_change, stop) -> dict[str, Any]:
   is_chief = jax.process_index() == 0
   new_config = workdir_lib.config_dict(config)
   latest = max(workdir_lib.checkpoint_steps(workdir), default=0)
@@ -169,6 +262,7 @@ def _train_and_evaluate(config, workdir, allow_config_change) -> dict[str, Any]:
   start = int(state.step)
   if start and start != latest:  # restored an older checkpoint: compare with its config
     changes = workdir_lib.check_resume(workdir, new_config, start, allow_config_change)
+  stop.arm()  # from here on a signal stops the loop after its current step, with a checkpoint
   writer = MetricsWriter(workdir, resume_step=start, enabled=is_chief)
   if is_chief:  # every check passed: the config goes on the record
     workdir_lib.record_config(workdir, config.to_json(indent=2), start, changes if start else {})
@@ -177,43 +271,53 @@ def _train_and_evaluate(config, workdir, allow_config_change) -> dict[str, Any]:
     nonlocal last_ckpt
     last_ckpt = checkpoint.save(manager, state, train_iter.get_state())
 
+  guard = _DivergenceGuard(config)
+  guard.replay(workdir, start)
   pending: list[tuple[int, dict]] = []
   result: dict[str, Any] = {"preempted": False}
   bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not is_chief, unit="step",
                   dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0)
   t0 = time.time()
-  with _StopFlag() as stop:
-    for step in range(start + 1, config.num_steps + 1):
-      batch = sharding.shard_batch(next(train_iter), mesh)
-      with_stats = bool(config.stats_every) and step % config.stats_every == 0
-      state, metrics = step_lib.train_step(state, batch, model=model, tx=tx, task=task,
-                                           with_stats=with_stats, state_sharding=state_sharding)
-      pending.append((step, metrics))
-      bar.update(1)
-      last = step == config.num_steps
-      row: dict[str, Any] = {}
-      if step % config.log_every == 0 or with_stats or last or stop.requested \
-          or step % config.checkpoint_every == 0:
-        _check_finite(pending, last_ckpt, workdir)
-        row.update(_mean_train_metrics(pending))
-        if with_stats:
-          row.update({k: v for k, v in jax.device_get(metrics).items() if k.startswith("rms_")})
-        pending = []
-        bar.set_postfix(loss=f"{row['train/loss']:.4f}", refresh=False)
-      elif step % SYNC_EVERY == 0:
-        jax.block_until_ready(metrics["loss"])
-      if (config.eval_every and step % config.eval_every == 0) or last:
-        row.update({f"eval/{k}": v for k, v in evaluate(state, config, model, mesh).items()})
-      if depth_every and (step % depth_every == 0 or last):
-        row.update(depth_metrics(state, config, model, mesh))
-      if row:
-        writer.write(step, row)
-        result.update(row)
-      if step % config.checkpoint_every == 0 or last or stop.requested:
-        save()
-      if stop.requested:
-        result["preempted"] = True
-        break
+  for step in range(start + 1, config.num_steps + 1):
+    if stop.requested:  # the signal came before the first step: nothing new to save
+      result.update(preempted=True, signal=stop.signal_name)
+      break
+    batch = sharding.shard_batch(next(train_iter), mesh)
+    with_stats = bool(config.stats_every) and step % config.stats_every == 0
+    state, metrics = step_lib.train_step(state, batch, model=model, tx=tx, task=task,
+                                         with_stats=with_stats, state_sharding=state_sharding)
+    pending.append((step, metrics))
+    bar.update(1)
+    last = step == config.num_steps
+    row: dict[str, Any] = {}
+    if step % config.log_every == 0 or with_stats or last or stop.requested \
+        or step % config.checkpoint_every == 0:
+      _check_finite(pending, last_ckpt, workdir)
+      first_loss = float(jax.device_get(pending[0][1]["loss"])) if pending[0][0] == 1 else None
+      row.update(_mean_train_metrics(pending))
+      if guard.update(step, row["train/loss"], first_loss):
+        raise guard.error(step, row["train/loss"], last_ckpt, workdir)
+      if with_stats:
+        row.update({k: v for k, v in jax.device_get(metrics).items() if k.startswith("rms_")})
+      pending = []
+      bar.set_postfix(loss=f"{row['train/loss']:.4f}", refresh=False)
+    elif step % SYNC_EVERY == 0:
+      jax.block_until_ready(metrics["loss"])
+    if (config.eval_every and step % config.eval_every == 0) or last:
+      row.update({f"eval/{k}": v for k, v in evaluate(state, config, model, mesh).items()})
+    if depth_every and (step % depth_every == 0 or last):
+      row.update(depth_metrics(state, config, model, mesh))
+    if row:
+      writer.write(step, row)
+      result.update(row)
+    if step % config.checkpoint_every == 0 and guard.above and not (last or stop.requested):
+      logging.warning("checkpoint at step %d skipped: train loss %.4g is above %g x its running"
+                      " minimum %.4g", step, row["train/loss"], guard.factor, guard.running_min)
+    elif step % config.checkpoint_every == 0 or last or stop.requested:
+      save()
+    if stop.requested:
+      result.update(preempted=True, signal=stop.signal_name)
+      break
   bar.close()
   if start == config.num_steps:
     logging.info("nothing to do: checkpoint at step %d already reached num_steps", start)
