@@ -37,6 +37,7 @@ from ml_collections import config_flags  # noqa: E402
 from experiments import config_overrides  # noqa: E402
 from jaxlab import data  # noqa: E402
 from jaxlab.sharding import distributed  # noqa: E402
+from jaxlab.train import checkpoint  # noqa: E402
 from jaxlab.train import loop, workdir  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "path to an experiments/configs file")
@@ -71,6 +72,9 @@ def main(argv):
     logging.error("%s", e)
     sys.exit(1)
   except workdir.WorkdirError as e:  # config drift on resume, a locked workdir
+    logging.error("%s", e)
+    sys.exit(2)
+  except checkpoint.NoReadableCheckpointError as e:  # checkpoints exist, none restores
     logging.error("%s", e)
     sys.exit(2)
   except ValueError as e:  # a config value the run cannot use (the message names the key)
