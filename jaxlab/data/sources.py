@@ -4,6 +4,7 @@ jaxlab's own datasets (mnist5k, digits, shakespeare) are built on first use.
 Any other TFDS name must already be prepared as array_record in `data_dir`;
 otherwise `DatasetNotPreparedError` is raised at once (no network download).
 """
+import functools
 import glob
 import os
 
@@ -60,8 +61,16 @@ def _not_prepared(name: str, data_dir: str, detail: str) -> DatasetNotPreparedEr
 
 
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """A prepared, array_record-readable builder for `name`; prepares jaxlab's own datasets."""
-  data_dir = resolve_data_dir(data_dir)
+  """A prepared, array_record-readable builder for `name`; prepares jaxlab's own datasets.
+
+  Cached per (name, resolved data dir): a run loads the dataset info once, not once per split
+  and feature lookup. Failures are not cached, so a dataset prepared later is found.
+  """
+  return _builder(name, resolve_data_dir(data_dir))
+
+
+@functools.lru_cache(maxsize=None)
+def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   if _base_name(name) in JAXLAB_DATASETS:
     return prepare(name, data_dir)
   try:

@@ -199,6 +199,24 @@ def _depth_metrics_every(config, state) -> int:
   return every
 
 
+class StepBar(tqdm.tqdm):
+  """The progress bar; its timer (rate, ETA, elapsed) starts once the first step has compiled.
+
+  The bar shows from the start, but the first `update` (the first step done, compile included)
+  restarts the timer first, so the compile time never enters the rate or the ETA.
+  """
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._timer_started = False
+
+  def update(self, n=1):
+    if not self._timer_started:
+      self._timer_started = True
+      self.unpause()  # no print since the bar was made: the timer now starts here
+    return super().update(n)
+
+
 def _mean_train_metrics(pending: list[tuple[int, dict]]) -> dict[str, float]:
   fetched = jax.device_get([m for _, m in pending])
   scalars = [k for k in fetched[0] if not k.startswith("rms_")]
@@ -275,8 +293,8 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop) -> dict[str,
   guard.replay(workdir, start)
   pending: list[tuple[int, dict]] = []
   result: dict[str, Any] = {"preempted": False}
-  bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not is_chief, unit="step",
-                  dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0)
+  bar = StepBar(total=config.num_steps, initial=start, disable=not is_chief, unit="step",
+                dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0)
   t0 = time.time()
   for step in range(start + 1, config.num_steps + 1):
     if stop.requested:  # the signal came before the first step: nothing new to save
