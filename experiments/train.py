@@ -6,12 +6,16 @@
 Rerunning the same command resumes from the latest checkpoint in --workdir. A resume whose
 config changes how the checkpoints were trained (model, optim, data, seed, batch size, ...) stops
 with one line (exit 2) unless --allow_config_change=KEYS; num_steps may grow. One run per
-workdir: a second exits 2 naming the first's pid and host (jaxlab/train/workdir.py). Multi-host:
+workdir: a second exits 2 naming the first's pid and host (jaxlab/train/workdir.py). An error
+the user caused (config, flags, data, --workdir, mesh, resume) exits 2 with one line naming the
+key/flag/path and what is valid; --verbose_errors adds its traceback. Multi-host:
 add --coordinator_address/--num_processes/--process_id (see jaxlab/sharding/distributed.py).
 """
 
+import os
 import signal
 import sys
+import traceback
 
 # SIGINT (Ctrl-C) exits 130, as shells expect; SIGTERM (preemption) keeps exit 0. Either way the
 # loop first saves a checkpoint, and rerunning the same command resumes from it.
@@ -36,6 +40,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from experiments import config_overrides  # noqa: E402
 from jaxlab import data  # noqa: E402
+from jaxlab.errors import UserError  # noqa: E402
 from jaxlab.sharding import distributed  # noqa: E402
 from jaxlab.train import checkpoint  # noqa: E402
 from jaxlab.train import loop, workdir  # noqa: E402
@@ -46,6 +51,9 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
     "allow_config_change", [], "config keys (dotted, e.g. optim.learning_rate, or a parent such "
     "as optim) that may differ from the workdir's config.json when resuming; both configs are "
     "kept (config.<step>.json) and metrics.jsonl marks the step (see jaxlab/train/workdir.py)")
+_VERBOSE_ERRORS = flags.DEFINE_bool(
+    "verbose_errors", False, "print the traceback of an error the run stops on (config, flags, "
+    "data, workdir, resume); by default it is one line naming the key, flag or path")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -56,30 +64,88 @@ class _QuietOrbax(logging.logging.Filter):
     return record.levelno >= logging.logging.WARNING or "/orbax/" not in record.pathname
 
 
+def _fail(error: BaseException, exit_code: int):
+  """The error's message (one line naming the key/flag/path), with its traceback only under
+  --verbose_errors; then exit."""
+  logging.error("%s", error, exc_info=error if _VERBOSE_ERRORS.value else None)
+  sys.exit(exit_code)
+
+
+def check_workdir(path: str) -> str:
+  """Creates --workdir if needed; a UserError naming it when it is empty, a file, under a file
+  or not writable."""
+  if not path or not path.strip():
+    raise UserError("--workdir is empty; valid: a directory path (created if missing)")
+  path = os.path.expanduser(path)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"--workdir={path} is a file; valid: a directory path (created if missing)")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:  # a parent is a file (NotADirectoryError), no permission, read-only fs
+    raise UserError(f"--workdir={path} cannot be created ({e.strerror}: {e.filename}); valid: a "
+                    "directory path under a writable directory") from e
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise UserError(f"--workdir={path} is not writable; valid: a directory you can write to")
+  return path
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad flag value in one line (exit 2) instead of two (exit 1)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"FATAL flags: {' '.join(str(e).split())} (--helpshort lists the flags)", file=sys.stderr)
+    sys.exit(2)
+  except (OSError, SyntaxError) as e:  # --config's file does not load
+    _config_does_not_load(e, argv)
+
+
+def _config_does_not_load(e: Exception, argv):
+  """One line (exit 2) for a --config file that does not load; its traceback (user code) only
+  with --verbose_errors."""
+  if _verbose_in(argv):
+    traceback.print_exception(e)
+    sys.exit(2)
+  cause = f"{type(e).__name__}: {str(e).strip().splitlines()[-1].strip()}"
+  print(f"FATAL flags: --config does not load ({cause}); valid: a config file such as "
+        "experiments/configs/mnist5k_mlp.py (--verbose_errors shows the traceback)",
+        file=sys.stderr)
+  sys.exit(2)
+
+
+def _verbose_in(argv) -> bool:
+  return any(a in ("--verbose_errors", "--verbose_errors=true", "--verbose_errors=True")
+             for a in argv)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietOrbax())
   distributed.initialize_from_flags()
   try:
-    result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+    result = loop.train_and_evaluate(_CONFIG.value, check_workdir(_WORKDIR.value),
                                      allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  # Errors the user caused exit 2 with one line (--verbose_errors: the traceback). UserError is
+  # what jaxlab's own checks raise (validate_config, data, --workdir). Plain ValueError is kept:
+  # the model, parametrization, quantization and mesh builders validate their config values
+  # (naming the key and the valid names) with ValueError; a ValueError from a real bug is then
+  # one line too, and --verbose_errors shows where. Other exceptions (TypeError, KeyError, ...)
+  # are bugs and keep their traceback.
   except loop.Interrupted as e:  # SIGINT / SIGTERM before the first step
     logging.error("stopped by %s during start-up (nothing new was saved); rerun the same command"
                   " to resume", e.signal_name)
     sys.exit(SIGNAL_EXIT_CODES[e.signal_name])
-  except (loop.DivergenceError, data.DatasetNotPreparedError) as e:  # incl. NonFiniteLossError
-    logging.error("%s", e)
-    sys.exit(1)
+  except loop.DivergenceError as e:  # incl. NonFiniteLossError
+    _fail(e, 1)
+  except data.DatasetNotPreparedError as e:  # config.data.name not prepared in its data_dir
+    _fail(e, 2)
   except workdir.WorkdirError as e:  # config drift on resume, a locked workdir
-    logging.error("%s", e)
-    sys.exit(2)
+    _fail(e, 2)
   except checkpoint.NoReadableCheckpointError as e:  # checkpoints exist, none restores
-    logging.error("%s", e)
-    sys.exit(2)
-  except ValueError as e:  # a config value the run cannot use (the message names the key)
-    logging.error("%s", e)
-    sys.exit(2)
+    _fail(e, 2)
+  except ValueError as e:  # UserError, or a config value a builder rejects (names the key)
+    _fail(e, 2)
   if result.get("preempted"):
     name = result.get("signal", "SIGTERM")
     logging.info("stopped by %s at step %d; rerun the same command to resume", name,
@@ -88,5 +154,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_overrides.exit_on_unknown_override(sys.argv)
-  app.run(main)
+  try:
+    config_overrides.exit_on_unknown_override(sys.argv)
+  except (OSError, SyntaxError) as e:  # the config file loads before flags are parsed
+    _config_does_not_load(e, sys.argv)
+  app.run(main, flags_parser=_parse_flags)

@@ -4,6 +4,7 @@ jaxlab's own datasets (mnist5k, digits, shakespeare) are built on first use.
 Any other TFDS name must already be prepared as array_record in `data_dir`;
 otherwise `DatasetNotPreparedError` is raised at once (no network download).
 """
+import difflib
 import functools
 import glob
 import os
@@ -11,6 +12,7 @@ import os
 import tensorflow_datasets as tfds
 
 from jaxlab.data import builders
+from jaxlab.errors import UserError
 
 JAXLAB_DATASETS = tuple(builders.BUILDERS)
 _ARRAY_RECORD = tfds.core.FileFormat.ARRAY_RECORD
@@ -36,7 +38,7 @@ def _base_name(name: str) -> str:
 def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """Builds one of jaxlab's datasets into `data_dir` as array_record (no-op if already there)."""
   if _base_name(name) not in JAXLAB_DATASETS:
-    raise ValueError(f'{name!r} is not one of jaxlab\'s datasets {JAXLAB_DATASETS}; '
+    raise UserError(f'{name!r} is not one of jaxlab\'s datasets {JAXLAB_DATASETS}; '
                      f'prepare it with `tfds build {name} --file_format=array_record`.')
   builder = tfds.builder(name, data_dir=resolve_data_dir(data_dir), file_format='array_record')
   if not builder.is_prepared():
@@ -60,6 +62,22 @@ def _not_prepared(name: str, data_dir: str, detail: str) -> DatasetNotPreparedEr
       f'jaxlab never downloads it here (offline downloads retry for minutes).')
 
 
+def prepared_datasets(data_dir: str) -> list[str]:
+  """Names of the datasets found in `data_dir` (<name>/<version>/dataset_info.json)."""
+  infos = glob.glob(os.path.join(glob.escape(data_dir), '*', '*', 'dataset_info.json'))
+  return sorted({os.path.basename(os.path.dirname(os.path.dirname(p))) for p in infos})
+
+
+def _unknown_dataset_message(name: str, data_dir: str) -> str:
+  prepared = prepared_datasets(data_dir)
+  known = sorted(set(JAXLAB_DATASETS) | set(prepared))
+  close = difflib.get_close_matches(_base_name(name), known, n=3, cutoff=0.5)
+  hint = f'did you mean {" or ".join(map(repr, close))}? ' if close else ''
+  return (f'config.data.name={name!r} is not a known dataset: {hint}valid: jaxlab\'s own '
+          f'{list(JAXLAB_DATASETS)}, or one prepared as array_record in data_dir={data_dir!r} '
+          f'({prepared or "none there"}; set config.data.data_dir or $TFDS_DATA_DIR)')
+
+
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """A prepared, array_record-readable builder for `name`; prepares jaxlab's own datasets.
 
@@ -75,11 +93,9 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     return prepare(name, data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
-        f'Unknown TFDS dataset {name!r} (not registered, not found in {data_dir!r}). '
-        f'jaxlab\'s own datasets are {JAXLAB_DATASETS}; any other name must be a TFDS '
-        f'dataset prepared as array_record in the data dir ($TFDS_DATA_DIR).') from e
+  except (tfds.core.registered.DatasetNotFoundError, ValueError):  # unknown, or not a TFDS name
+    # `from None`: the tfds error lists its whole catalogue (hundreds of lines).
+    raise UserError(_unknown_dataset_message(name, data_dir)) from None
   if not builder.is_prepared():
     raise _not_prepared(name, data_dir, f'nothing found at {builder.data_dir}')
   if _ARRAY_RECORD not in _formats(builder):

@@ -22,7 +22,9 @@ import tqdm
 from absl import logging
 
 from jaxlab import data, optim, quant, sharding
+from jaxlab import param as param_lib
 from jaxlab.depth.rescaling import BLOCK_PATTERN
+from jaxlab.errors import UserError
 from jaxlab.train import checkpoint, step as step_lib, tasks
 from jaxlab.train.init import (build_model, dummy_input, init_inputs, init_state, make_tx,
                                param_info_of)
@@ -144,23 +146,32 @@ def _last_good(last_ckpt: int | None, workdir: str) -> str:
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Clear errors, naming the config key, for values the loop cannot run with."""
+  """UserError (one line naming the config key) for values the loop cannot run with."""
   for key in ("num_steps", "log_every", "checkpoint_every", "batch_size", "eval_batch_size"):
     if int(config[key]) < 1:
-      raise ValueError(f"config.{key}={config[key]} must be a positive integer")
+      raise UserError(f"config.{key}={config[key]} must be a positive integer")
   for key in ("eval_every", "stats_every", "eval_max_batches", "depth_metrics_every"):
     if int(config[key]) < 0:
-      raise ValueError(f"config.{key}={config[key]} must be >= 0 (0 disables it)")
+      raise UserError(f"config.{key}={config[key]} must be >= 0 (0 disables it)")
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % num_devices:
-      raise ValueError(f"config.{key}={config[key]} must be divisible by the {num_devices} devices"
-                       " of the mesh (each device gets an equal slice of the batch)")
+      raise UserError(f"config.{key}={config[key]} must be divisible by the {num_devices} devices"
+                      " of the mesh (each device gets an equal slice of the batch)")
   div = config.get("divergence") or {}
   factor, patience = float(div.get("factor", 0.0)), div.get("patience", 3)
   if not (factor == 0 or (math.isfinite(factor) and factor > 1)):
-    raise ValueError(f"config.divergence.factor={factor} must be 0 (off) or a finite number > 1")
+    raise UserError(f"config.divergence.factor={factor} must be 0 (off) or a finite number > 1")
   if not (isinstance(patience, int) and patience >= 1):
-    raise ValueError(f"config.divergence.patience={patience} must be a positive integer")
+    raise UserError(f"config.divergence.patience={patience} must be a positive integer")
+  name = config.get("parametrization", "sp")
+  if name not in param_lib.NAMES:
+    raise UserError(f"config.parametrization={name!r} is unknown; valid: "
+                    f"{', '.join(param_lib.NAMES)}")
+  warmup, num_steps = int(config.optim.get("warmup_steps", 0)), int(config.num_steps)
+  if not 0 <= warmup <= num_steps:
+    raise UserError(f"config.optim.warmup_steps={warmup} must lie in [0, config.num_steps="
+                    f"{num_steps}]: lower it (e.g. --config.optim.warmup_steps={num_steps // 10})"
+                    " or raise config.num_steps")
   optim.make_schedule(config.optim, config.num_steps)  # a bad learning rate stops us before data
 
 
