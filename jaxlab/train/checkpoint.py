@@ -14,6 +14,7 @@ newest readable one. If no checkpoint is readable, nothing is moved and
 (and the cause may be a changed config rather than corrupt files), so the user decides.
 """
 
+import logging as std_logging
 import os
 import sys
 import time
@@ -151,7 +152,8 @@ def _cause(e: BaseException) -> str:
 
 
 def _quiet_closed_loop_callbacks():
-  """Installs a sys.unraisablehook that drops "RuntimeError: Event loop is closed"; returns the
+  """Installs a sys.unraisablehook that drops "RuntimeError: Event loop is closed" and orbax's
+  "error while reading array" of abandoned reads (and the asyncio log filter below); returns the
   previous hook. When a restore fails, tensorstore reads still pending complete into orbax's
   closed asyncio loop and print those tracebacks (from tensorstore's threads, as unraisable)."""
   previous = sys.unraisablehook
@@ -160,12 +162,23 @@ def _quiet_closed_loop_callbacks():
 
   def hook(unraisable):
     e = unraisable.exc_value
-    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+            or "error while reading array" in str(e)):
       previous(unraisable)
 
   hook._jaxlab_quiet = True  # pylint: disable=protected-access
   sys.unraisablehook = hook
+  std_logging.getLogger("asyncio").addFilter(_orphaned_read_filter)
   return previous
+
+
+def _orphaned_read_filter(record) -> bool:
+  """Drops asyncio's "Task exception was never retrieved" for orbax's array reads of a failed
+  restore (the read tasks the failed restore abandoned; garbage-collected at any later time, so
+  the filter stays); every other asyncio record passes."""
+  exc = record.exc_info[1] if record.exc_info else None
+  return not (record.getMessage().startswith("Task exception was never retrieved")
+              and "error while reading array" in str(exc))
 
 
 def _move_aside(manager, step: int, cause: str, *, fallback: int) -> None:
