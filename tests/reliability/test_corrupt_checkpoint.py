@@ -12,31 +12,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from jaxlab.train.metrics import read_metrics
+from tests.tiny_runs import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WARNING = "is unreadable"
-
-
-def tiny_args(data_dir, workdir):
-  return ["--config=experiments/configs/mnist5k_mlp.py", f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}", "--config.model.hidden_widths=(64,64)",
-          "--config.batch_size=64", "--config.num_steps=40", "--config.log_every=1",
-          "--config.eval_every=0", "--config.stats_every=0", "--config.checkpoint_every=20",
-          "--config.optim.learning_rate=3e-3", "--config.optim.warmup_steps=5"]
-
-
-def train(data_dir, workdir, *pre, env=None):
-  """`python [pre] -m experiments.train ARGS` (or `python -c CODE ARGS`) from the repo root."""
-  cmd = [*pre] if pre else ["-m", "experiments.train"]
-  return subprocess.run([sys.executable, *cmd, *tiny_args(data_dir, workdir)], cwd=REPO,
-                        env=dict(os.environ, PYTHONPATH=REPO, **(env or {})),
-                        capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,12 @@ in the middle is skipped and dropped the same way, the warning naming its line n
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from jaxlab.train.metrics import MetricsWriter, read_metrics
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.tiny_runs import train
 
 
 def rows_text(steps):
@@ -65,21 +61,6 @@ def test_writer_completes_a_last_row_that_lacks_only_its_newline(tmp_path, caplo
   assert not warnings(caplog)
   writer.write(3, {"train/loss": 0.5})
   assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
-
-
-def tiny_args(data_dir, workdir):
-  return ["--config=experiments/configs/mnist5k_mlp.py", f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}", "--config.model.hidden_widths=(64,64)",
-          "--config.batch_size=64", "--config.num_steps=40", "--config.log_every=1",
-          "--config.eval_every=0", "--config.stats_every=0", "--config.checkpoint_every=20",
-          "--config.optim.learning_rate=3e-3", "--config.optim.warmup_steps=5"]
-
-
-def train(data_dir, workdir, *pre, env=None):
-  cmd = [*pre] if pre else ["-m", "experiments.train"]
-  return subprocess.run([sys.executable, *cmd, *tiny_args(data_dir, workdir)], cwd=REPO,
-                        env=dict(os.environ, PYTHONPATH=REPO, **(env or {})),
-                        capture_output=True, text=True, timeout=300)
 
 
 # Runs experiments.train, but at step KILL_AT writes half of the metrics row and SIGKILLs itself

@@ -8,16 +8,7 @@ import time
 
 
 from jaxlab.train.metrics import read_metrics
-
-CONFIG = "--config=experiments/configs/mnist5k_mlp.py"
-
-
-def tiny_args(data_dir, workdir, num_steps=40):
-  return [CONFIG, f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-          "--config.model.hidden_widths=(64,64)", "--config.batch_size=64",
-          f"--config.num_steps={num_steps}", "--config.log_every=1", "--config.eval_every=0",
-          "--config.stats_every=0", "--config.checkpoint_every=20",
-          "--config.optim.learning_rate=3e-3", "--config.optim.warmup_steps=5"]
+from tests.tiny_runs import mlp_args as tiny_args
 
 
 # Runs experiments.train, but SIGKILLs itself right after metrics for step KILL_AT are written:
