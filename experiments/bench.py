@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments.configs import shakespeare_lm
+from jaxlab.configs import shakespeare_lm
 from experiments.kernel_bench.measure import lm_flops_per_token
 from jaxlab import data, optim, quant, sharding
 from jaxlab.train import step as step_lib

@@ -1,8 +1,8 @@
 r"""Coordinate check: per-layer mean |activation| vs width over the first training steps.
 
-  python -m experiments.coord_check --config=experiments/configs/mnist5k_mlp.py \
+  python -m experiments.coord_check --config=jaxlab/configs/mnist5k_mlp.py \
       --widths=256,512,1024,2048 --base_width=256 --parametrizations=sp,mup --workdir=/tmp/cc_mlp
-  python -m experiments.coord_check --config=experiments/configs/shakespeare_lm.py \
+  python -m experiments.coord_check --config=jaxlab/configs/shakespeare_lm.py \
       --widths=64,128,256,512 --base_width=64 --workdir=/tmp/cc_lm
 
 Trains each width on one fixed real batch with the config's optimizer at a constant learning
@@ -23,7 +23,7 @@ from jaxlab import data
 from jaxlab.analysis import coord_check, plots
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "an experiments/configs file")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "an jaxlab/configs file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the JSON and PNG go")
 _WIDTHS = flags.DEFINE_list("widths", ["256", "512", "1024", "2048"], "model widths")
 _BASE = flags.DEFINE_integer("base_width", 256, "base width of the width-aware parametrizations")

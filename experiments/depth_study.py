@@ -1,7 +1,7 @@
 r"""Depth study: one deep byte-level LM trained once per norm placement at the same budget, then
 the per-layer story of each (jaxlab.analysis.depth_diagnostics).
 
-  python -m experiments.depth_study --config=experiments/configs/shakespeare_lm.py \
+  python -m experiments.depth_study --config=jaxlab/configs/shakespeare_lm.py \
       --depth=12 --config.model.d_model=128 --steps=600 --workdir=/tmp/depth_study
 
 For every placement in --placements (jaxlab.depth.placement: pre, post, peri, mix, lns,

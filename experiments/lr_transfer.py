@@ -2,9 +2,9 @@ r"""Learning-rate transfer across width or depth: a sizes x learning-rates grid,
 seed) of a size trained in one compiled program (jaxlab.analysis.lr_sweep: vmap over LR and
 seed; the LR axis sharded over the devices when there are several).
 
-  python -m experiments.lr_transfer --config=experiments/configs/mnist5k_mlp.py \
+  python -m experiments.lr_transfer --config=jaxlab/configs/mnist5k_mlp.py \
       --widths=128,256,512,1024 --base_width=128 --log2_lrs=-14,-3 --steps=300 --workdir=/tmp/lrt
-  python -m experiments.lr_transfer --config=experiments/configs/shakespeare_lm.py \
+  python -m experiments.lr_transfer --config=jaxlab/configs/shakespeare_lm.py \
       --depths=2,4,8,16 --base_depth=2 --base_width=128 --config.model.d_model=128 \
       --parametrizations=mup,depth_mup --workdir=/tmp/lrt_depth
 
@@ -37,7 +37,7 @@ from jaxlab import data  # noqa: E402
 from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep, mean_over_seeds, stack_batches  # noqa
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "an experiments/configs file")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "an jaxlab/configs file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the JSON and PNG go")
 _WIDTHS = flags.DEFINE_list("widths", ["128", "256", "512", "1024"], "model widths")
 _DEPTHS = flags.DEFINE_list("depths", [], "model depths (residual blocks); if set, sweep depth "

@@ -2,10 +2,10 @@ r"""Quantization study: one config trained under several quantization policies a
 budget (quantization-aware training through the normal train loop), plus post-training
 quantization (PTQ) of the fp32 model, all compared with fp32.
 
-  python -m experiments.quant_study --config=experiments/configs/mnist5k_mlp.py \
+  python -m experiments.quant_study --config=jaxlab/configs/mnist5k_mlp.py \
       --policies=fp32,int8,w4a8,binary_w,fp8,fp8_delayed,lsq_w4a8 --workdir=/tmp/quant_study
-  python -m experiments.quant_study --config=experiments/configs/mnist5k_resnet.py ...
-  python -m experiments.quant_study --config=experiments/configs/shakespeare_lm.py ...
+  python -m experiments.quant_study --config=jaxlab/configs/mnist5k_resnet.py ...
+  python -m experiments.quant_study --config=jaxlab/configs/shakespeare_lm.py ...
 
 QAT: for every policy in --policies (jaxlab.quant.names()), `loop.train_and_evaluate` runs the
 config with config.quant=<policy> in WORKDIR/<policy> (same data order, seed, optimizer and
@@ -48,7 +48,7 @@ from jaxlab.train.init import (build_model, dummy_input, init_state, make_tx,  #
                                param_info_of)
 from jaxlab.train.metrics import read_metrics  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a config file in experiments/configs")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a config file in jaxlab/configs")
 _WORKDIR = flags.DEFINE_string("workdir", None, "one run per policy in WORKDIR/<policy>, plus "
                                "quant_study.{json,md,png}")
 _POLICIES = flags.DEFINE_list("policies", ["fp32", "int8", "w4a8", "binary_w", "fp8"],

@@ -1,6 +1,6 @@
 """Train any jaxlab config.
 
-  python -m experiments.train --config=experiments/configs/mnist5k_mlp.py --workdir=/tmp/mlp
+  python -m experiments.train --config=jaxlab/configs/mnist5k_mlp.py --workdir=/tmp/mlp
   python -m experiments.train --config=... --workdir=... --config.optim.learning_rate=3e-3
 
 Rerunning the same command resumes from the latest checkpoint in --workdir. A resume whose
@@ -45,7 +45,7 @@ from jaxlab.sharding import distributed  # noqa: E402
 from jaxlab.train import checkpoint  # noqa: E402
 from jaxlab.train import loop, workdir  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "path to an experiments/configs file")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "path to an jaxlab/configs file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (metrics, checkpoints)")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
     "allow_config_change", [], "config keys (dotted, e.g. optim.learning_rate, or a parent such "
@@ -108,7 +108,7 @@ def _config_does_not_load(e: Exception, argv):
     sys.exit(2)
   cause = f"{type(e).__name__}: {str(e).strip().splitlines()[-1].strip()}"
   print(f"FATAL flags: --config does not load ({cause}); valid: a config file such as "
-        "experiments/configs/mnist5k_mlp.py (--verbose_errors shows the traceback)",
+        "jaxlab/configs/mnist5k_mlp.py (--verbose_errors shows the traceback)",
         file=sys.stderr)
   sys.exit(2)
 

@@ -54,7 +54,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def mlp_config(tfds_data_dir):
   """The main job's config shrunk to a few seconds: mnist5k, small MLP, frequent logging."""
-  from experiments.configs import mnist5k_mlp
+  from jaxlab.configs import mnist5k_mlp
   c = mnist5k_mlp.get_config()
   c.data.data_dir = tfds_data_dir
   c.model.hidden_widths = (64, 64)

@@ -11,7 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def mlp_args(data_dir, workdir, num_steps=40) -> list[str]:
   """experiments.train flags of the tiny run in `workdir`."""
-  return ["--config=experiments/configs/mnist5k_mlp.py", f"--workdir={workdir}",
+  return ["--config=jaxlab/configs/mnist5k_mlp.py", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.model.hidden_widths=(64,64)",
           "--config.batch_size=64", f"--config.num_steps={num_steps}", "--config.log_every=1",
           "--config.eval_every=0", "--config.stats_every=0", "--config.checkpoint_every=20",

@@ -11,7 +11,7 @@ from jaxlab.train import loop
 from jaxlab.train.metrics import read_metrics
 from tests.conftest import REPO
 
-CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(f"{REPO}/experiments/configs/*.py")
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(f"{REPO}/jaxlab/configs/*.py")
                  if not os.path.basename(p).startswith(("_", "common")))
 
 # Shrink each config to seconds; keep the model family, data and optimizer as shipped.
@@ -32,8 +32,8 @@ def test_all_five_configs_are_shipped():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_trains(name, tfds_data_dir, tmp_path):
-  module = importlib.import_module(f"experiments.configs.{name}")
-  assert "python -m experiments.train --config=experiments/configs/" + name in module.__doc__
+  module = importlib.import_module(f"jaxlab.configs.{name}")
+  assert "python -m experiments.train --config=jaxlab/configs/" + name in module.__doc__
   assert "Reaches:" in module.__doc__
   c = module.get_config()
   c.data.data_dir = tfds_data_dir

@@ -8,7 +8,7 @@ import pytest
 
 def test_depth_study_cli(run_python, tfds_data_dir, tmp_path):
   done = run_python("-m", "experiments.depth_study",
-                    "--config=experiments/configs/shakespeare_lm.py",
+                    "--config=jaxlab/configs/shakespeare_lm.py",
                     f"--config.data.data_dir={tfds_data_dir}", "--config.model.d_model=32",
                     "--config.data.seq_len=32", "--config.batch_size=4", "--depth=3",
                     "--steps=4", "--warmup_steps=2", "--eval_batch_size=4",
@@ -32,7 +32,7 @@ def test_depth_study_cli(run_python, tfds_data_dir, tmp_path):
 
 def test_depth_study_lr_sweep(run_python, tfds_data_dir, tmp_path):
   done = run_python("-m", "experiments.depth_study",
-                    "--config=experiments/configs/shakespeare_lm.py",
+                    "--config=jaxlab/configs/shakespeare_lm.py",
                     f"--config.data.data_dir={tfds_data_dir}", "--config.model.d_model=32",
                     "--config.data.seq_len=32", "--config.batch_size=4", "--depth=2",
                     "--steps=6", "--eval_batch_size=4", "--placements=pre,post",
@@ -61,7 +61,7 @@ def test_depth_study_lr_sweep(run_python, tfds_data_dir, tmp_path):
     ("--learning_rates=fast", "--learning_rates=fast must be a comma-separated list")])
 def test_depth_study_rejects_bad_flags(run_python, tfds_data_dir, tmp_path, flag, message):
   done = run_python("-m", "experiments.depth_study",
-                    "--config=experiments/configs/shakespeare_lm.py",
+                    "--config=jaxlab/configs/shakespeare_lm.py",
                     f"--config.data.data_dir={tfds_data_dir}", "--config.model.d_model=32",
                     "--config.data.seq_len=32", "--config.batch_size=4", "--depth=2",
                     "--steps=4", flag, f"--workdir={tmp_path}")

@@ -13,7 +13,7 @@ from experiments import quant_study
 
 @pytest.fixture
 def digits_config(tfds_data_dir):
-  from experiments.configs import digits_mlp
+  from jaxlab.configs import digits_mlp
   c = digits_mlp.get_config()
   c.data.data_dir = tfds_data_dir
   c.model.hidden_widths = (32, 32)

@@ -4,7 +4,7 @@ import json
 
 
 def test_coord_check_cli(run_python, tfds_data_dir, tmp_path):
-  done = run_python("-m", "experiments.coord_check", "--config=experiments/configs/digits_mlp.py",
+  done = run_python("-m", "experiments.coord_check", "--config=jaxlab/configs/digits_mlp.py",
                     f"--config.data.data_dir={tfds_data_dir}", "--widths=16,64",
                     "--base_width=16", "--steps=2", "--lr=1e-3", f"--workdir={tmp_path}")
   assert done.returncode == 0, done.stderr[-3000:]
@@ -17,7 +17,7 @@ def test_coord_check_cli(run_python, tfds_data_dir, tmp_path):
 
 
 def test_lr_transfer_cli(run_python, tfds_data_dir, tmp_path):
-  done = run_python("-m", "experiments.lr_transfer", "--config=experiments/configs/digits_mlp.py",
+  done = run_python("-m", "experiments.lr_transfer", "--config=jaxlab/configs/digits_mlp.py",
                     f"--config.data.data_dir={tfds_data_dir}", "--widths=16,32",
                     "--base_width=16", "--log2_lrs=-10,-4", "--steps=20", "--seeds=2",
                     f"--workdir={tmp_path}")
@@ -37,7 +37,7 @@ def test_lr_transfer_cli(run_python, tfds_data_dir, tmp_path):
 def test_lr_transfer_depth_cli(run_python, tfds_data_dir, tmp_path):
   """--depths sweeps the LM's depth at fixed width; depth-muP at its base depth is plain muP."""
   done = run_python("-m", "experiments.lr_transfer",
-                    "--config=experiments/configs/shakespeare_lm.py",
+                    "--config=jaxlab/configs/shakespeare_lm.py",
                     f"--config.data.data_dir={tfds_data_dir}", "--config.model.d_model=32",
                     "--config.data.seq_len=32", "--config.batch_size=4",
                     "--config.eval_batch_size=4",

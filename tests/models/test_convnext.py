@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from experiments.configs import mnist5k_convnext, mnist5k_resnet
+from jaxlab.configs import mnist5k_convnext, mnist5k_resnet
 from jaxlab import models, param
 from jaxlab.models.convnext import ConvNeXtBlock, DepthwiseConv2D
 from jaxlab.param import roles

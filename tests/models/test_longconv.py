@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments.configs import shakespeare_longconv, shakespeare_lm
+from jaxlab.configs import shakespeare_longconv, shakespeare_lm
 from jaxlab import models, param
 from jaxlab.models.longconv import LongConvMixer
 from jaxlab.param import roles

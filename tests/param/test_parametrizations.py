@@ -105,7 +105,7 @@ def test_depth_mup_lm_at_base_equals_sp_and_scales_branches_when_deeper():
   """Through build_model: the LM under depth_mup at its base size is SP bit for bit; at 4x depth
   its residual branches are halved (alpha = 1/2)."""
   import jax
-  from experiments.configs import shakespeare_lm
+  from jaxlab.configs import shakespeare_lm
   from jaxlab.data.pipeline import DataSpec
   from jaxlab.train.init import build_model
   spec = DataSpec("lm", vocab_size=256)

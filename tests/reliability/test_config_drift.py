@@ -12,7 +12,7 @@ import pytest
 from jaxlab.train import workdir as wd
 from jaxlab.train.metrics import read_metrics
 
-CONFIG = "--config=experiments/configs/mnist5k_mlp.py"
+CONFIG = "--config=jaxlab/configs/mnist5k_mlp.py"
 
 
 def tiny_args(data_dir, workdir, num_steps=20, *extra):

@@ -13,7 +13,7 @@ import pytest
 from jaxlab.train import loop
 from jaxlab.train.metrics import read_metrics
 
-DIGITS = "--config=experiments/configs/digits_mlp.py"
+DIGITS = "--config=jaxlab/configs/digits_mlp.py"
 
 
 def digits_args(data_dir, workdir, *extra):
@@ -32,7 +32,7 @@ def checkpoint_steps(workdir):
 
 
 def digits_config(data_dir, **optim):
-  from experiments.configs import digits_mlp
+  from jaxlab.configs import digits_mlp
   c = digits_mlp.get_config()
   c.data.data_dir = data_dir
   c.model.hidden_widths = (64, 64)

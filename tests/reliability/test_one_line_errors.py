@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-MLP = "--config=experiments/configs/mnist5k_mlp.py"
-VIT = "--config=experiments/configs/mnist5k_vit.py"
+MLP = "--config=jaxlab/configs/mnist5k_mlp.py"
+VIT = "--config=jaxlab/configs/mnist5k_vit.py"
 BROKEN = "broken config file"  # written to tmp_path by run_case
 ABSL_INFO = re.compile(r"^I\d{4} ")  # absl start-up chatter (TPU backend, dataset info)
 

@@ -9,7 +9,7 @@ import pytest
 from experiments import config_overrides
 from jaxlab.train import loop
 
-MNIST_MLP = "--config=experiments/configs/mnist5k_mlp.py"
+MNIST_MLP = "--config=jaxlab/configs/mnist5k_mlp.py"
 
 
 def test_scalar_for_tuple_key_is_one_line_exit_2(run_python, tmp_path):

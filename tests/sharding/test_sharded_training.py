@@ -10,7 +10,7 @@ EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 SHOW_SHARDING = """
 import json, sys
 import jax
-from experiments.configs import mnist5k_mlp
+from jaxlab.configs import mnist5k_mlp
 from jaxlab import data, optim, sharding
 from jaxlab.train.init import build_model, dummy_input, init_state
 c = mnist5k_mlp.get_config()
@@ -32,7 +32,7 @@ print(json.dumps({"devices": jax.device_count(),
 
 
 def _train(run_python, data_dir, workdir, env, *mesh):
-  args = ["-m", "experiments.train", "--config=experiments/configs/mnist5k_mlp.py",
+  args = ["-m", "experiments.train", "--config=jaxlab/configs/mnist5k_mlp.py",
           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
           "--config.model.hidden_widths=(64,64)", "--config.batch_size=64", "--config.num_steps=20",
           "--config.log_every=1", "--config.eval_every=0", "--config.stats_every=0",

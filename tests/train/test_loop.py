@@ -65,7 +65,7 @@ def test_bad_loop_settings_are_named(mlp_config, tmp_path, key, value, match):
 
 
 def test_batch_not_divisible_by_devices_is_named():
-  from experiments.configs import mnist5k_mlp
+  from jaxlab.configs import mnist5k_mlp
   c = mnist5k_mlp.get_config()
   c.batch_size = 12
   with pytest.raises(ValueError, match="config.batch_size=12 must be divisible by the 8 devices"):
@@ -75,7 +75,7 @@ def test_batch_not_divisible_by_devices_is_named():
 def test_depth_metrics_are_logged_and_match_a_recomputation(tfds_data_dir, tmp_path):
   """config.depth_metrics_every: depth/* keys at steps 2 and 4 of a 3-block LM; the logged block
   variances equal depth_diagnostics recomputed from the step-4 checkpoint on the same batch."""
-  from experiments.configs import shakespeare_lm
+  from jaxlab.configs import shakespeare_lm
   from jaxlab import data
   from jaxlab.analysis import depth_diagnostics
   from jaxlab.train import tasks

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments.configs import mnist5k_convnext, shakespeare_lm, shakespeare_longconv
+from jaxlab.configs import mnist5k_convnext, shakespeare_lm, shakespeare_longconv
 from jaxlab import sharding
 from jaxlab.train import init
 from jaxlab.train import step as step_lib

@@ -1,6 +1,6 @@
 r"""MLP on mnist5k (4,000 train / 1,000 test real MNIST digits): the main job.
 
-  python -m experiments.train --config=experiments/configs/mnist5k_mlp.py --workdir=/tmp/jaxlab/mnist5k_mlp
+  python -m experiments.train --config=jaxlab/configs/mnist5k_mlp.py --workdir=/tmp/jaxlab/mnist5k_mlp
 
 Reaches: 97.4% test accuracy (eval/loss 0.102) after 3,000 steps; 25 s wall on 2 CPU cores
 (22 s in the train loop). Without augment_shift it overfits at ~94.8%.
@@ -8,7 +8,7 @@ Reaches: 97.4% test accuracy (eval/loss 0.102) after 3,000 steps; 25 s wall on 2
 
 import ml_collections
 
-from experiments.configs import common
+from jaxlab.configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,13 +1,13 @@
 r"""Small ViT (Dosovitskiy et al. 2021; 7x7 patches -> 16 tokens, Pre-LN, mean pool) on mnist5k.
 
-  python -m experiments.train --config=experiments/configs/mnist5k_vit.py --workdir=/tmp/jaxlab/mnist5k_vit
+  python -m experiments.train --config=jaxlab/configs/mnist5k_vit.py --workdir=/tmp/jaxlab/mnist5k_vit
 
 Reaches: 98.0% test accuracy (eval/loss 0.073) after 2,000 steps; 4.3 min wall on 2 CPU cores.
 """
 
 import ml_collections
 
-from experiments.configs import common
+from jaxlab.configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,6 +1,6 @@
 r"""Byte-level decoder-only Transformer LM on the Shakespeare corpus (38 train / 4 held-out works).
 
-  python -m experiments.train --config=experiments/configs/shakespeare_lm.py --workdir=/tmp/jaxlab/shakespeare_lm
+  python -m experiments.train --config=jaxlab/configs/shakespeare_lm.py --workdir=/tmp/jaxlab/shakespeare_lm
 
 Model: 4 layers, d_model 256, 4 heads, RoPE, Pre-LN, untied, seq 256, batch 16 (the size
 experiments.bench measures).
@@ -13,7 +13,7 @@ loss 1.33. 31 min wall on 2 CPU cores (~1.1 steps/s). Validation loss at steps 5
 
 import ml_collections
 
-from experiments.configs import common
+from jaxlab.configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:

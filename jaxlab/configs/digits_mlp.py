@@ -1,6 +1,6 @@
 r"""MLP on scikit-learn's 8x8 digits.
 
-  python -m experiments.train --config=experiments/configs/digits_mlp.py --workdir=/tmp/jaxlab/digits_mlp
+  python -m experiments.train --config=jaxlab/configs/digits_mlp.py --workdir=/tmp/jaxlab/digits_mlp
 
 Reaches: 98.3% test accuracy (eval/loss 0.063) on the 359 test digits after 1,000 steps;
 6 s wall on 2 CPU cores.
@@ -8,7 +8,7 @@ Reaches: 98.3% test accuracy (eval/loss 0.063) on the 359 test digits after 1,00
 
 import ml_collections
 
-from experiments.configs import common
+from jaxlab.configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
 r"""Byte-level long-convolution LM (gated Hyena/H3 mixer with an SGConv kernel, Li et al. 2022;
 jaxlab/models/longconv.py) on the Shakespeare corpus, in place of shakespeare_lm.py's attention.
 
-  python -m experiments.train --config=experiments/configs/shakespeare_longconv.py --workdir=/tmp/jaxlab/shakespeare_longconv
+  python -m experiments.train --config=jaxlab/configs/shakespeare_longconv.py --workdir=/tmp/jaxlab/shakespeare_longconv
 
 Model: 4 layers, d_model 256, short conv 3 taps, SGConv kernel of length 256 (kernel_dim 32,
 4 scales, decay 0.5), Pre-LN, seq 256, batch 16; 3.42M parameters (shakespeare_lm.py: 3.28M).
@@ -19,7 +19,7 @@ docs/results/kernels.md ("Models built on the kernels").
 
 import ml_collections
 
-from experiments.configs import common
+from jaxlab.configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
 r"""ConvNeXt (Liu et al. 2022; patch-2 stem, stages 32/64 wide with 1/2 blocks at 14x14/7x7,
 7x7 depthwise convs) on mnist5k; 92k parameters (the ResNet-8 of mnist5k_resnet.py: 78k).
 
-  python -m experiments.train --config=experiments/configs/mnist5k_convnext.py --workdir=/tmp/jaxlab/mnist5k_convnext
+  python -m experiments.train --config=jaxlab/configs/mnist5k_convnext.py --workdir=/tmp/jaxlab/mnist5k_convnext
 
 Layer scale starts at 0.1, not the paper's 1e-6: with 1e-6 the blocks stay near the identity for
 most of a short run (eval accuracy after 100 steps: 31% with 1e-6, 85% with 1.0, both with a
@@ -15,7 +15,7 @@ that load; about 3-4 min expected on 2 idle cores from the step-time ratio to th
 
 import ml_collections
 
-from experiments.configs import common
+from jaxlab.configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
