@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import device_check
+from experiments.device_checks import kernel_cases, kernel_checks
 
 KERNELS = ("attention", "attention_gqa", "depthwise_conv1d", "depthwise_conv2d_7x7",
            "depthwise_conv2d_31x31", "long_conv", "long_conv_long", "fused_layernorm",
@@ -17,16 +17,16 @@ KERNELS = ("attention", "attention_gqa", "depthwise_conv1d", "depthwise_conv2d_7
 
 def _case(op):
   x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8), np.float32))
-  return device_check.Case("square", "4x8", "float32", (x,),
+  return kernel_cases.Case("square", "4x8", "float32", (x,),
                            lambda x, implementation: op(x), lambda x: x * x, (0,), ())
 
 
 def test_check_passes_a_correct_kernel_and_fails_wrong_values_or_gradients():
-  assert device_check.check(_case(lambda x: x * x), "xla")["passed"]
-  wrong_values = device_check.check(_case(lambda x: x * x * 1.01), "xla")
+  assert kernel_checks.check(_case(lambda x: x * x), "xla")["passed"]
+  wrong_values = kernel_checks.check(_case(lambda x: x * x * 1.01), "xla")
   assert not wrong_values["passed"] and wrong_values["errors"]["out"] > 5e-3
   # right values, half the gradient (x instead of 2x): only the gradient row is off
-  wrong_grad = device_check.check(_case(lambda x: x * jax.lax.stop_gradient(x)), "xla")
+  wrong_grad = kernel_checks.check(_case(lambda x: x * jax.lax.stop_gradient(x)), "xla")
   assert not wrong_grad["passed"]
   assert wrong_grad["errors"]["out"] == 0 and wrong_grad["errors"]["d0"] > 0.1
 
