@@ -23,7 +23,7 @@ from jaxlab import data
 from jaxlab.analysis import coord_check, plots
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "an jaxlab/configs file")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a jaxlab/configs file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the JSON and PNG go")
 _WIDTHS = flags.DEFINE_list("widths", ["256", "512", "1024", "2048"], "model widths")
 _BASE = flags.DEFINE_integer("base_width", 256, "base width of the width-aware parametrizations")

@@ -24,20 +24,16 @@ import time
 
 from absl import app, flags
 import jax
-import matplotlib
+import ml_collections
+import numpy as np
+from ml_collections import config_flags
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from jaxlab import data  # noqa: E402
-from jaxlab.analysis import depth_diagnostics as dd  # noqa: E402
-from jaxlab.analysis.lr_sweep import batch_loss, scan_train, stack_batches  # noqa: E402
-from jaxlab.depth import placement  # noqa: E402
-from jaxlab.train import tasks  # noqa: E402
-from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of  # noqa: E402
+from jaxlab import data
+from jaxlab.analysis import depth_diagnostics as dd, plots
+from jaxlab.analysis.lr_sweep import batch_loss, scan_train, stack_batches
+from jaxlab.depth import placement
+from jaxlab.train import tasks
+from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "an LM config (shakespeare_lm.py)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where JSON, table and PNG go")
@@ -150,33 +146,6 @@ def lr_table(results: dict) -> str:
   return "\n".join(rows) + "\n"
 
 
-def plot_lr(results: dict, path: str) -> None:
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  for name in best_runs(results):
-    runs = sorted((r["learning_rate"], r["val_loss"]) for r in results.values()
-                  if r["placement"] == name)
-    ax.plot(*zip(*runs), marker="o", ms=4, label=name)
-  ax.set(xscale="log", xlabel="peak learning rate", ylabel="val loss")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-
-
-def plot(results: dict, path: str) -> None:
-  fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-  for name, r in results.items():  # name: placement, or "placement@lr" in an LR sweep
-    layers = np.arange(1, len(r["block_variance"]) + 1)
-    axes[0].plot(layers, r["block_variance"], marker="o", ms=3, label=name)
-    axes[1].plot(layers, r["grad_norms"], marker="o", ms=3, label=name)
-    axes[2].plot(layers, r["removal_loss_delta"], marker="o", ms=3, label=name)
-  axes[0].set(yscale="log", xlabel="block", ylabel="residual-stream variance after block")
-  axes[1].set(yscale="log", xlabel="block", ylabel="gradient norm of block params")
-  axes[2].set(xlabel="block removed", ylabel="val loss increase")
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-
-
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -207,10 +176,10 @@ def main(argv):
   with open(os.path.join(_WORKDIR.value, "depth_study.md"), "w") as f:
     f.write(md)
   # the per-layer story of each placement at its best LR (the only LR without a sweep)
-  plot({key: results[key] for key in best_runs(results).values()},
-       os.path.join(_WORKDIR.value, "depth_study.png"))
+  plots.save_png(plots.depth_profile_figure({key: results[key] for key in best_runs(results).values()}),
+                 os.path.join(_WORKDIR.value, "depth_study.png"))
   if len(lrs) > 1:
-    plot_lr(results, os.path.join(_WORKDIR.value, "depth_study_lr.png"))
+    plots.save_png(plots.depth_lr_figure(results), os.path.join(_WORKDIR.value, "depth_study_lr.png"))
   print(md)
 
 

@@ -23,21 +23,18 @@ import time
 
 from absl import app, flags
 import jax
-import matplotlib
+import ml_collections
+import numpy as np
+import optax
+from ml_collections import config_flags
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from experiments.width_configs import config_at, config_at_depth  # noqa: E402
-from jaxlab import data  # noqa: E402
+from experiments.width_configs import config_at, config_at_depth
+from jaxlab import data
+from jaxlab.analysis import plots
 from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep, mean_over_seeds, stack_batches  # noqa
-from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of  # noqa: E402
+from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "an jaxlab/configs file")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a jaxlab/configs file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the JSON and PNG go")
 _WIDTHS = flags.DEFINE_list("widths", ["128", "256", "512", "1024"], "model widths")
 _DEPTHS = flags.DEFINE_list("depths", [], "model depths (residual blocks); if set, sweep depth "
@@ -123,15 +120,7 @@ def main(argv):
   with open(os.path.join(_WORKDIR.value, "lr_transfer.json"), "w") as f:
     json.dump({"axis": axis, "results": results, "timing": timing, "steps": _STEPS.value,
                "seeds": seeds.tolist(), "config": config.to_dict()}, f, indent=1, default=str)
-  fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
-  for ax, (name, by_width) in zip(axes[0], results.items()):
-    for width, r in by_width.items():
-      loss = np.nanmean(np.where(np.isfinite(r["eval_loss"]), r["eval_loss"], np.nan), axis=1)
-      ax.plot(r["log2_lr"], loss, marker="o", ms=3, label=f"{axis} {width}")
-    ax.set(title=name, xlabel="log2 learning rate", ylabel="final eval loss")
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(_WORKDIR.value, "lr_transfer.png"), dpi=110)
+  plots.save_png(plots.lr_transfer_figure(results, axis), os.path.join(_WORKDIR.value, "lr_transfer.png"))
 
 
 if __name__ == "__main__":

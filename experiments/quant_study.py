@@ -33,20 +33,17 @@ from typing import Any, Sequence
 
 from absl import app, flags
 import jax
-import matplotlib
+import ml_collections
+import numpy as np
+from ml_collections import config_flags
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from jaxlab import data, quant, sharding  # noqa: E402
-from jaxlab.quant import ptq  # noqa: E402
-from jaxlab.train import checkpoint, loop, step as step_lib, tasks  # noqa: E402
-from jaxlab.train.init import (build_model, dummy_input, init_state, make_tx,  # noqa: E402
+from jaxlab import data, quant, sharding
+from jaxlab.analysis import plots
+from jaxlab.quant import ptq
+from jaxlab.train import checkpoint, loop, step as step_lib, tasks
+from jaxlab.train.init import (build_model, dummy_input, init_state, make_tx,
                                param_info_of)
-from jaxlab.train.metrics import read_metrics  # noqa: E402
+from jaxlab.train.metrics import read_metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file in jaxlab/configs")
 _WORKDIR = flags.DEFINE_string("workdir", None, "one run per policy in WORKDIR/<policy>, plus "
@@ -178,25 +175,8 @@ def table(results: dict[str, dict]) -> str:
   return "\n".join(rows) + "\n"
 
 
-def plot(results: dict[str, dict], path: str, title: str) -> None:
-  names = list(results)
-  colors = ["#777777" if n == "fp32" else ("#4c72b0" if results[n]["kind"] == "qat"
-                                           else "#dd8452") for n in names]
-  fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(names) + 4), 3.8))
-  for ax, key, label in ((axes[0], "eval_accuracy", "eval accuracy"),
-                         (axes[1], "eval_loss", "eval loss")):
-    values = [results[n][key] for n in names]
-    ax.bar(range(len(names)), values, color=colors)
-    ax.axhline(results["fp32"][key], color="k", ls="--", lw=0.8)
-    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel(label)
-    lo, hi = min(values), max(values)
-    pad = 0.1 * (hi - lo) + 1e-3
-    ax.set_ylim(max(0.0, lo - pad), hi + pad)  # zoomed on the differences
-  axes[0].set_title(f"{title}: QAT (blue) / PTQ (orange) vs fp32 (grey)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+def title(config: ml_collections.ConfigDict) -> str:
+  return f"{config.model.name} / {config.data.name}, {config.num_steps} steps"
 
 
 def run(config: ml_collections.ConfigDict, policies: Sequence[str], ptq_names: Sequence[str],
@@ -229,8 +209,7 @@ def run(config: ml_collections.ConfigDict, policies: Sequence[str], ptq_names: S
   with open(os.path.join(workdir, "quant_study.md"), "w") as f:
     f.write(f"{config.model.name} on {config.data.name}, {config.num_steps} steps per policy\n\n")
     f.write(table(results))
-  plot(results, os.path.join(workdir, "quant_study.png"),
-       f"{config.model.name} / {config.data.name}, {config.num_steps} steps")
+  plots.save_png(plots.quant_figure(results, title(config)), os.path.join(workdir, "quant_study.png"))
   return out
 
 

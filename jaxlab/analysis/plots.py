@@ -1,35 +1,136 @@
-"""Plots for the analysis tools (matplotlib, Agg; written as PNG)."""
+"""Plots for the analysis tools: each returns a matplotlib Figure built without pyplot, so
+importing jaxlab never switches a notebook's backend and no figure lingers in pyplot's registry;
+`save_png` writes one (Agg). In a notebook, display a returned figure by evaluating it."""
 
-import matplotlib
+from matplotlib import ticker
+from matplotlib.figure import Figure
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _merge_identical(series: dict[str, list[float]]) -> dict[str, list[float]]:
+  """Layers whose values coincide (an MLP's 'readout' output is its 'logits') become one line
+  labelled 'logits = readout', instead of one line drawn exactly over the other."""
+  merged: dict[tuple, list[str]] = {}
+  for name, values in series.items():
+    merged.setdefault(tuple(values), []).append(name)
+  return {" = ".join(names): list(values) for values, names in merged.items()}
 
 
-def coord_check_grid(results: dict, path: str) -> None:
-  """results[parametrization][width] = [scales at step t] -> rows: parametrizations, columns:
-  steps; mean |x| vs width (log-log), one line per top-level layer (sublayers such as
-  'block_0/attn' stay in the JSON) -- microsoft/mup's coord-check plot."""
+def coord_check_figure(results: dict):
+  """results[parametrization][width] = [scales at step t] -> a Figure: rows parametrizations,
+  columns steps; mean |x| vs width (log-log, one y scale per row, so the growth over steps is
+  visible), one line per top-level layer (sublayers such as 'block_0/attn' stay in the JSON)
+  -- microsoft/mup's coord-check plot. Width keys may be ints or strings (the JSON)."""
   names = list(results)
-  widths = sorted(next(iter(results.values())))
+  widths = sorted(next(iter(results.values())), key=int)
   steps = len(results[names[0]][widths[0]])
-  fig, axes = plt.subplots(len(names), steps, figsize=(3 * steps, 2.8 * len(names)),
-                           squeeze=False, sharex=True)
+  fig = Figure(figsize=(3 * steps, 2.8 * len(names)))
+  axes = fig.subplots(len(names), steps, squeeze=False, sharex=True, sharey="row")
+  x = [int(w) for w in widths]
   for row, name in enumerate(names):
     layers = [k for k in results[name][widths[0]][0] if "/" not in k]
     for t in range(steps):
       ax = axes[row][t]
-      for layer in layers:
-        ax.plot(widths, [results[name][w][t][layer] for w in widths], marker="o", ms=3,
-                label=layer)
+      series = _merge_identical({layer: [results[name][w][t][layer] for w in widths]
+                                 for layer in layers})
+      for (label, values), marker in zip(series.items(), "os^vDP*X"):
+        ax.plot(x, values, marker=marker, ms=3, label=label)
       ax.set(xscale="log", yscale="log", title=f"{name}, step {t}")
-      ax.set_xticks(widths, [str(w) for w in widths], fontsize=7)
-      ax.minorticks_off()
+      ax.set_xticks(x, [str(w) for w in x], fontsize=7)
+      ax.xaxis.set_minor_locator(ticker.NullLocator())
+      # Ticks at 1, 2, 5 x 10^k labelled as plain numbers: a row's values often span less than
+      # a decade, where decade-only ticks would leave the axis without a single label.
+      ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+      ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+      ax.yaxis.set_minor_locator(ticker.NullLocator())
+      ax.tick_params(axis="y", labelsize=7)
       if t == 0:
         ax.set_ylabel("mean |x|")
       if row == len(names) - 1:
         ax.set_xlabel("width")
-  axes[0][-1].legend(fontsize=6, loc="best")
+    axes[row][-1].legend(fontsize=6, loc="best")
   fig.tight_layout()
+  return fig
+
+
+def save_png(fig, path: str) -> None:
+  """Writes `fig` to `path` as PNG (110 dpi)."""
   fig.savefig(path, dpi=110)
-  plt.close(fig)
+
+
+def coord_check_grid(results: dict, path: str) -> None:
+  """`coord_check_figure(results)` written to `path` as PNG."""
+  save_png(coord_check_figure(results), path)
+
+
+def lr_transfer_figure(results: dict, axis: str = "width"):
+  """results[parametrization][width] = {"log2_lr", "eval_loss" [LR, seed]} (lr_transfer.json)
+  -> final eval loss (mean over the seeds that stayed finite) vs log2 LR: a panel per
+  parametrization, a curve per width (or depth: `axis`)."""
+  fig = Figure(figsize=(5 * len(results), 3.6))
+  axes = fig.subplots(1, len(results), squeeze=False)
+  for ax, (name, by_width) in zip(axes[0], results.items()):
+    for width, r in by_width.items():
+      loss = np.asarray(r["eval_loss"], float)
+      loss = np.nanmean(np.where(np.isfinite(loss), loss, np.nan), axis=1)
+      ax.plot(r["log2_lr"], loss, marker="o", ms=3, label=f"{axis} {width}")
+    ax.set(title=name, xlabel="log2 learning rate", ylabel="final eval loss")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def depth_profile_figure(results: dict):
+  """results[run] = {"block_variance", "grad_norms", "removal_loss_delta"} per block
+  (depth_study.json) -> three panels vs block index, a curve per run."""
+  fig = Figure(figsize=(15, 3.8))
+  axes = fig.subplots(1, 3)
+  for name, r in results.items():  # name: placement, or "placement@lr" in an LR sweep
+    blocks = np.arange(1, len(r["block_variance"]) + 1)
+    axes[0].plot(blocks, r["block_variance"], marker="o", ms=3, label=name)
+    axes[1].plot(blocks, r["grad_norms"], marker="o", ms=3, label=name)
+    axes[2].plot(blocks, r["removal_loss_delta"], marker="o", ms=3, label=name)
+  axes[0].set(yscale="log", xlabel="block", ylabel="residual-stream variance after block")
+  axes[1].set(yscale="log", xlabel="block", ylabel="gradient norm of block params")
+  axes[2].set(xlabel="block removed", ylabel="val loss increase")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def depth_lr_figure(results: dict):
+  """results[run] = {"placement", "learning_rate", "val_loss"} (a depth_study LR sweep) ->
+  val loss vs peak LR, a curve per placement."""
+  fig = Figure(figsize=(5.5, 3.8))
+  ax = fig.subplots()
+  for name in dict.fromkeys(r["placement"] for r in results.values()):
+    runs = sorted((r["learning_rate"], r["val_loss"]) for r in results.values()
+                  if r["placement"] == name)
+    ax.plot(*zip(*runs), marker="o", ms=4, label=name)
+  ax.set(xscale="log", xlabel="peak learning rate", ylabel="val loss")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def quant_figure(results: dict, title: str):
+  """results[policy] = {"kind": "qat"|"ptq", "eval_accuracy", "eval_loss"}, with "fp32"
+  (quant_study.json) -> eval accuracy and loss per policy as bars, fp32 as a dashed line."""
+  names = list(results)
+  colors = ["#777777" if n == "fp32" else ("#4c72b0" if results[n]["kind"] == "qat"
+                                           else "#dd8452") for n in names]
+  fig = Figure(figsize=(max(8, 1.1 * len(names) + 4), 3.8))
+  axes = fig.subplots(1, 2)
+  for ax, key, label in ((axes[0], "eval_accuracy", "eval accuracy"),
+                         (axes[1], "eval_loss", "eval loss")):
+    values = [results[n][key] for n in names]
+    ax.bar(range(len(names)), values, color=colors)
+    ax.axhline(results["fp32"][key], color="k", ls="--", lw=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(label)
+    lo, hi = min(values), max(values)
+    pad = 0.1 * (hi - lo) + 1e-3
+    ax.set_ylim(max(0.0, lo - pad), hi + pad)  # zoomed on the differences
+  axes[0].set_title(f"{title}: QAT (blue) / PTQ (orange) vs fp32 (grey)", fontsize=9)
+  fig.tight_layout()
+  return fig

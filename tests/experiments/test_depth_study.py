@@ -5,6 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from jaxlab.analysis import plots
+from tests.plot_checks import figure_problems, png_problems
+
 
 def test_depth_study_cli(run_python, tfds_data_dir, tmp_path):
   done = run_python("-m", "experiments.depth_study",
@@ -27,7 +30,9 @@ def test_depth_study_cli(run_python, tfds_data_dir, tmp_path):
   assert (out["results"]["lns"]["variance_last_first"]
           < out["results"]["pre"]["variance_last_first"])
   assert "| lns |" in (tmp_path / "depth_study.md").read_text()
-  assert (tmp_path / "depth_study.png").stat().st_size > 10_000
+  assert png_problems((tmp_path / "depth_study.png").read_bytes()) == []
+  best = {key: out["results"][key] for key in out["best_runs"].values()}
+  assert figure_problems(plots.depth_profile_figure(best)) == []
 
 
 def test_depth_study_lr_sweep(run_python, tfds_data_dir, tmp_path):
@@ -51,7 +56,8 @@ def test_depth_study_lr_sweep(run_python, tfds_data_dir, tmp_path):
     assert out["best_runs"][name] == best
   md = (tmp_path / "depth_study.md").read_text()
   assert "| pre | 0.01 |" in md and "| post | 0.0001 |" in md and "| best LR |" in md
-  assert (tmp_path / "depth_study_lr.png").stat().st_size > 10_000
+  assert png_problems((tmp_path / "depth_study_lr.png").read_bytes()) == []
+  assert figure_problems(plots.depth_lr_figure(out["results"])) == []
 
 
 @pytest.mark.parametrize("flag, message", [

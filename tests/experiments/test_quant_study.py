@@ -9,6 +9,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import quant_study
+from jaxlab.analysis import plots
+from tests.plot_checks import figure_problems, png_problems
 
 
 @pytest.fixture
@@ -50,7 +52,8 @@ def test_quant_study_runs_policies_and_ptq(digits_config, tmp_path):
   md = (tmp_path / "quant_study.md").read_text()
   assert "| lsq_w4a8 | QAT |" in md and "| ptq_int4 | PTQ w4a8 |" in md
   assert json.loads((tmp_path / "quant_study.json").read_text())["num_steps"] == 30
-  assert (tmp_path / "quant_study.png").stat().st_size > 10_000
+  assert png_problems((tmp_path / "quant_study.png").read_bytes()) == []
+  assert figure_problems(plots.quant_figure(results, quant_study.title(digits_config))) == []
 
 
 def test_unknown_names_are_errors():

@@ -2,6 +2,9 @@
 
 import json
 
+from jaxlab.analysis import plots
+from tests.plot_checks import figure_problems, png_problems
+
 
 def test_coord_check_cli(run_python, tfds_data_dir, tmp_path):
   done = run_python("-m", "experiments.coord_check", "--config=jaxlab/configs/digits_mlp.py",
@@ -12,7 +15,8 @@ def test_coord_check_cli(run_python, tfds_data_dir, tmp_path):
   assert set(results) == {"sp", "mup"} and set(results["mup"]) == {"16", "64"}
   assert len(results["mup"]["64"]) == 3 and "logits" in results["mup"]["64"][0]
   assert results["mup"]["16"] == results["sp"]["16"]  # base width: identical runs
-  assert (tmp_path / "coord_check.png").stat().st_size > 10_000
+  assert png_problems((tmp_path / "coord_check.png").read_bytes()) == []
+  assert figure_problems(plots.coord_check_figure(results)) == []
   assert "mup: mean|x| ratio width 64/16 at step 2" in done.stdout
 
 
@@ -31,7 +35,8 @@ def test_lr_transfer_cli(run_python, tfds_data_dir, tmp_path):
   assert out["seeds"] == [0, 1]
   assert out["results"]["mup"]["16"] == {**out["results"]["sp"]["16"],
                                         "seconds": out["results"]["mup"]["16"]["seconds"]}
-  assert (tmp_path / "lr_transfer.png").stat().st_size > 10_000
+  assert png_problems((tmp_path / "lr_transfer.png").read_bytes()) == []
+  assert figure_problems(plots.lr_transfer_figure(out["results"], out["axis"])) == []
 
 
 def test_lr_transfer_depth_cli(run_python, tfds_data_dir, tmp_path):
