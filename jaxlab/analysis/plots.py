@@ -48,7 +48,7 @@ def coord_check_figure(results: dict):
         ax.set_ylabel("mean |x|")
       if row == len(names) - 1:
         ax.set_xlabel("width")
-    axes[row][-1].legend(fontsize=6, loc="best")
+    axes[row][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside
   fig.tight_layout()
   return fig
 
