@@ -45,7 +45,7 @@ from jaxlab.sharding import distributed  # noqa: E402
 from jaxlab.train import checkpoint  # noqa: E402
 from jaxlab.train import loop, workdir  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "path to an jaxlab/configs file")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "path to a jaxlab/configs file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (metrics, checkpoints)")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
     "allow_config_change", [], "config keys (dotted, e.g. optim.learning_rate, or a parent such "
@@ -126,12 +126,10 @@ def main(argv):
   try:
     result = loop.train_and_evaluate(_CONFIG.value, check_workdir(_WORKDIR.value),
                                      allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  # Errors the user caused exit 2 with one line (--verbose_errors: the traceback). UserError is
-  # what jaxlab's own checks raise (validate_config, data, --workdir). Plain ValueError is kept:
-  # the model, parametrization, quantization and mesh builders validate their config values
-  # (naming the key and the valid names) with ValueError; a ValueError from a real bug is then
-  # one line too, and --verbose_errors shows where. Other exceptions (TypeError, KeyError, ...)
-  # are bugs and keep their traceback.
+  # Errors the user caused exit 2 with one line (--verbose_errors: the traceback): UserError is
+  # what jaxlab raises for a config value, flag, dataset or path it cannot use (validate_config,
+  # the model/parametrization/quantization/mesh/optimizer/data builders, --workdir). Any other
+  # exception (a ValueError included) is a bug and keeps its traceback.
   except loop.Interrupted as e:  # SIGINT / SIGTERM before the first step
     logging.error("stopped by %s during start-up (nothing new was saved); rerun the same command"
                   " to resume", e.signal_name)
@@ -144,7 +142,7 @@ def main(argv):
     _fail(e, 2)
   except checkpoint.NoReadableCheckpointError as e:  # checkpoints exist, none restores
     _fail(e, 2)
-  except ValueError as e:  # UserError, or a config value a builder rejects (names the key)
+  except UserError as e:  # names the key/flag/path and what is valid
     _fail(e, 2)
   if result.get("preempted"):
     name = result.get("signal", "SIGTERM")

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxlab.data import sources
+from jaxlab.errors import UserError
 
 LM_VOCAB_SIZE = 256
 LM_SEPARATOR = b'\n\n'
@@ -49,7 +50,7 @@ def _get(cfg: Any, key: str, default=None):
 def _task(cfg) -> str:
   task = _get(cfg, 'task', 'classification')
   if task not in ('classification', 'lm'):
-    raise ValueError(f"data task must be 'classification' or 'lm', got {task!r}")
+    raise UserError(f"config.data.task={task!r}; valid: classification, lm")
   return task
 
 
@@ -148,7 +149,7 @@ def _source(cfg, split: str):
   if _task(cfg) == 'lm':
     seq_len = _get(cfg, 'seq_len')
     if not seq_len:
-      raise ValueError('lm data configs need `seq_len`.')
+      raise UserError('config.data.seq_len is missing; lm data configs need it (e.g. 256)')
     return WindowSource(_split_tokens(name, split, data_dir, _get(cfg, 'text_key', 'text')), seq_len)
   return _image_arrays(name, split, data_dir, _get(cfg, 'image_key', 'image'),
                        _get(cfg, 'label_key', 'label'))
@@ -192,8 +193,8 @@ def _hosts(batch_size, process_index, process_count) -> tuple[int, int, int]:
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   if batch_size <= 0 or batch_size % pc:
-    raise ValueError(f'batch_size={batch_size} must be a positive multiple of the '
-                     f'process count ({pc}).')
+    raise UserError(f'batch_size={batch_size} (config.batch_size / config.eval_batch_size) must be '
+                    f'a positive multiple of the process count ({pc})')
   return pi, pc, batch_size // pc
 
 
@@ -225,7 +226,8 @@ def make_train_iterator(data_cfg, *, batch_size: int, seed: int,
   src = _source(data_cfg, _get(data_cfg, 'train_split', 'train'))
   shard = np.arange(len(src))[pi::pc]
   if len(shard) == 0:
-    raise ValueError(f'The train split of {_get(data_cfg, "name")!r} is empty on host {pi}.')
+    raise UserError(f'config.data.name={_get(data_cfg, "name")!r}: its train split is empty '
+                    f'on host {pi}')
   ds = grain.MapDataset.source(ShuffledBatches(src, shard, local_batch, seed))
   augment = _augment(data_cfg, seed + 7919 * pi)
   if augment is not None:

@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxlab.errors import UserError
+
 INIT_SCHEMES = ("default", "lir")  # Transformer LM, ViT
 RESNET_INIT_SCHEMES = ("default", "fixup", "lir")
 BRANCH_GAINS = ("none", "rezero")
@@ -39,9 +41,9 @@ KernelInit = Callable[[jax.Array, tuple[int, ...], float], jax.Array]
 
 
 def check(key: str, value: str, valid: Sequence[str]) -> str:
-  """`value` if it is one of `valid`, else a ValueError naming config.model.<key>."""
+  """`value` if it is one of `valid`, else a UserError naming config.model.<key>."""
   if value not in valid:
-    raise ValueError(f"unknown config.model.{key} {value!r}; valid: {', '.join(valid)}")
+    raise UserError(f"unknown config.model.{key} {value!r}; valid: {', '.join(valid)}")
   return value
 
 

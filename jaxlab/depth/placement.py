@@ -28,6 +28,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxlab.errors import UserError
+
 PLACEMENTS = ("pre", "post", "peri", "mix", "lns", "deepnorm", "none")
 MIX_RATIO = 0.25  # Mix-LN default (Li et al. 2024)
 
@@ -49,8 +51,8 @@ class BlockNorms:
 
 def check(placement: str) -> str:
   if placement not in PLACEMENTS:
-    raise ValueError(f"unknown config.model.norm_placement {placement!r}; valid: "
-                     f"{', '.join(PLACEMENTS)}")
+    raise UserError(f"unknown config.model.norm_placement {placement!r}; valid: "
+                    f"{', '.join(PLACEMENTS)}")
   return placement
 
 
@@ -58,7 +60,7 @@ def mix_post_layers(num_layers: int, mix_ratio: float = MIX_RATIO) -> int:
   """Number of leading Post-LN layers in Mix-LN: floor(mix_ratio * L) (with a 1e-9 guard so that
   e.g. 0.29 * 100 gives 29)."""
   if not 0.0 <= mix_ratio <= 1.0:
-    raise ValueError(f"config.model.mix_ratio must be in [0, 1], got {mix_ratio!r}")
+    raise UserError(f"config.model.mix_ratio must be in [0, 1], got {mix_ratio!r}")
   return int(math.floor(mix_ratio * num_layers + 1e-9))
 
 

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxlab.errors import UserError
 from jaxlab.models.attention import Attention
 from jaxlab.models.layers import (LOGICAL_AXES, Conv, Dense, Embed, FeedForward, PositionEmbedding,
                                   Readout, num_params)
@@ -50,18 +51,21 @@ def build(model_cfg: Mapping[str, Any], *, parametrization: Parametrization | No
   keys are its attributes; lists become tuples and a string `dtype` becomes a jnp dtype."""
   cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
   if "name" not in cfg:
-    raise ValueError(f"model config needs 'name', one of {sorted(MODELS)}")
+    raise UserError(f"config.model.name is missing; valid: {', '.join(sorted(MODELS))}")
   kind = cfg.pop("name")
   if kind not in MODELS:
-    raise ValueError(f"unknown model {kind!r}; valid: {', '.join(sorted(MODELS))}")
+    raise UserError(f"unknown model {kind!r} (config.model.name); valid: "
+                    f"{', '.join(sorted(MODELS))}")
   cls = MODELS[kind]
   valid = config_keys(cls)
   for key in cfg:
     if key not in valid:
-      raise ValueError(f"unknown key {key!r} for model {kind!r}; valid keys: {', '.join(valid)}")
+      raise UserError(f"unknown key {key!r} (config.model.{key}) for model {kind!r}; valid keys: "
+                      f"{', '.join(valid)}")
   missing = [k for k in _required_keys(cls) if k not in cfg]
   if missing:
-    raise ValueError(f"model {kind!r} needs keys {missing}; valid keys: {', '.join(valid)}")
+    raise UserError(f"model {kind!r} needs keys {missing} (config.model.<key>); valid keys: "
+                    f"{', '.join(valid)}")
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
   if isinstance(kwargs.get("dtype"), str):
     kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
@@ -86,7 +90,8 @@ def width_of(model_cfg: Mapping[str, Any]) -> int:
   cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
   kind = cfg.get("name")
   if kind not in WIDTH_KEYS:
-    raise ValueError(f"unknown model {kind!r}; valid: {', '.join(sorted(WIDTH_KEYS))}")
+    raise UserError(f"unknown model {kind!r} (config.model.name); valid: "
+                    f"{', '.join(sorted(WIDTH_KEYS))}")
   cls_default = {f.name: f.default for f in dataclasses.fields(MODELS[kind])}
   value = cfg.get(WIDTH_KEYS[kind], cls_default.get(WIDTH_KEYS[kind]))
   return int(value[0] if isinstance(value, (tuple, list)) else value)
@@ -99,7 +104,8 @@ def depth_of(model_cfg: Mapping[str, Any]) -> int:
   cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
   kind = cfg.get("name")
   if kind not in MODELS:
-    raise ValueError(f"unknown model {kind!r}; valid: {', '.join(sorted(MODELS))}")
+    raise UserError(f"unknown model {kind!r} (config.model.name); valid: "
+                    f"{', '.join(sorted(MODELS))}")
   defaults = {f.name: f.default for f in dataclasses.fields(MODELS[kind])}
   get = lambda key: cfg.get(key, defaults.get(key))
   if kind in ("transformer", "longconv"):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 import pallas_kernels
 from jaxlab.depth.init_schemes import KernelInit
+from jaxlab.errors import UserError
 from jaxlab.models.layers import Dense, Dtype, split_last
 from jaxlab.models.rope import apply_rope
 from jaxlab.param.base import SP, Parametrization
@@ -31,8 +32,8 @@ ATTENTION_IMPLEMENTATIONS = ("auto",) + pallas_kernels.IMPLEMENTATIONS
 def attention_implementation(name: str) -> str | None:
   """config.model.attention_impl -> pallas_kernels.attention's `implementation`."""
   if name not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(f"config.model.attention_impl={name!r}; valid: "
-                     f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    raise UserError(f"config.model.attention_impl={name!r}; valid: "
+                    f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
   return None if name == "auto" else name
 
 
@@ -70,7 +71,8 @@ class Attention(nn.Module):
     H = self.num_heads
     K = self.num_kv_heads or H
     if self.head_dim is None and D % H:
-      raise ValueError(f"width {D} not divisible by num_heads {H}; set head_dim")
+      raise UserError(f"width {D} not divisible by num_heads {H} (config.model.num_heads); set "
+                      "config.model.head_dim")
     Dh = self.head_dim or D // H
     kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
     qkv_init, out_init = self.kernel_inits or (None, None)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
+from jaxlab.errors import UserError
 from jaxlab.models.depthwise import depthwise_conv
 from jaxlab.models.layers import Conv, FeedForward, Readout, make_param, scale_param
 from jaxlab.models.norms import LayerNorm
@@ -114,17 +115,18 @@ class ConvNeXt(nn.Module):
     del train
     widths, depths = tuple(self.widths), tuple(self.depths)
     if not widths or len(widths) != len(depths) or min(widths + depths) < 1:
-      raise ValueError(f"config.model.widths {widths} and depths {depths} must be positive and "
-                       "of equal length (one entry per stage)")
+      raise UserError(f"config.model.widths {widths} and depths {depths} must be positive and "
+                      "of equal length (one entry per stage)")
     if self.kernel_size < 1:
-      raise ValueError(f"config.model.kernel_size must be positive; got {self.kernel_size}")
+      raise UserError(f"config.model.kernel_size must be positive; got {self.kernel_size}")
     P = self.patch_size
     H, W = x_BHWC.shape[1:3]
     if H % P or W % P:
-      raise ValueError(f"image {(H, W)} not divisible by patch_size {P}")
+      raise UserError(f"image {(H, W)} not divisible by patch_size {P} (config.model.patch_size)")
     if min(H, W) // P < 2 ** (len(widths) - 1):
-      raise ValueError(f"image {(H, W)} too small for patch_size {P} and {len(widths)} stages "
-                       "(each later stage halves the resolution)")
+      raise UserError(f"image {(H, W)} too small for config.model.patch_size={P} and "
+                      f"{len(widths)} stages "
+                      "(each later stage halves the resolution)")
     kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
     x = Conv(widths[0], P, strides=P, padding="VALID", role=INPUT, use_bias=False, name="stem",
              **kw)(x_BHWC)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.depth.init_schemes import KernelInit, scaled_standardize
+from jaxlab.errors import UserError
 from jaxlab.param.base import SP, OpScales, Parametrization
 from jaxlab.param.meta import ParamMeta
 from jaxlab.param.roles import BIAS, HIDDEN, INPUT, NORM, READOUT, check
@@ -118,7 +119,8 @@ ACTIVATIONS: dict[str, Callable] = {
 
 def activation(name: str) -> Callable:
   if name not in ACTIVATIONS:
-    raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+    raise UserError(f"unknown activation {name!r} (config.model.activation); valid: "
+                    f"{', '.join(ACTIVATIONS)}")
   return ACTIVATIONS[name]
 
 

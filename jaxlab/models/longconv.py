@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
+from jaxlab.errors import UserError
 from jaxlab.models.depthwise import depthwise_conv
 from jaxlab.models.layers import (Dense, Embed, FeedForward, Readout, make_param, scale_param,
                                   split_last)
@@ -199,9 +200,10 @@ class LongConvLM(LongConvHparams, _LMSizes):
   def __call__(self, tokens_BL: jax.Array, train: bool = False) -> jax.Array:
     del train  # no dropout
     if self.norm not in NORMS:
-      raise ValueError(f"config.model.norm={self.norm!r}; valid: {', '.join(NORMS)}")
+      raise UserError(f"config.model.norm={self.norm!r}; valid: {', '.join(NORMS)}")
     if tokens_BL.shape[1] > self.max_len:
-      raise ValueError(f"sequence length {tokens_BL.shape[1]} > max_len {self.max_len}")
+      raise UserError(f"sequence length {tokens_BL.shape[1]} > max_len {self.max_len}: lower "
+                      "config.data.seq_len or raise config.model.max_len")
     kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
     x_BLD = Embed(self.vocab_size, self.d_model, name="embed", **kw)(tokens_BL)
     for i in range(self.num_layers):

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlab.errors import UserError
 from jaxlab.models.layers import Dtype, make_param, scale_param
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.param.roles import BIAS, NORM
@@ -83,7 +84,7 @@ NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "crmsnorm": CRMSNorm}
 
 def norm_class(name: str) -> type[_Norm]:
   if name not in NORMS:
-    raise ValueError(f"unknown norm {name!r}; valid: {', '.join(NORMS)}")
+    raise UserError(f"unknown norm {name!r} (config.model.norm); valid: {', '.join(NORMS)}")
   return NORMS[name]
 
 

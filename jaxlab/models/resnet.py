@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.depth import init_schemes
+from jaxlab.errors import UserError
 from jaxlab.models.layers import Conv, Readout, scale
 from jaxlab.models.norms import LayerNorm, ScalarBias, ScalarGain
 from jaxlab.param.base import SP, Parametrization
@@ -100,12 +101,12 @@ def _check(m: nn.Module) -> None:
   init_schemes.check("init_scheme", m.init_scheme, init_schemes.RESNET_INIT_SCHEMES)
   init_schemes.check("branch_gain", m.branch_gain, init_schemes.BRANCH_GAINS)
   if m.init_scheme == "fixup" and (m.norm != "none" or m.conv != "standard"):
-    raise ValueError("config.model.init_scheme='fixup' needs config.model.norm='none' and "
-                     f"config.model.conv='standard' (got {m.norm!r}, {m.conv!r}): Fixup trains "
-                     "without norms, and standardization would undo its zero/rescaled init")
+    raise UserError("config.model.init_scheme='fixup' needs config.model.norm='none' and "
+                    f"config.model.conv='standard' (got {m.norm!r}, {m.conv!r}): Fixup trains "
+                    "without norms, and standardization would undo its zero/rescaled init")
   if m.init_scheme == "lir" and m.conv == "ws":
-    raise ValueError("config.model.init_scheme='lir' has no effect with config.model.conv='ws' "
-                     "(standardization removes the init scale); use conv='standard'")
+    raise UserError("config.model.init_scheme='lir' has no effect with config.model.conv='ws' "
+                    "(standardization removes the init scale); use conv='standard'")
 
 
 class ResNet(nn.Module):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.depth import init_schemes, placement
+from jaxlab.errors import UserError
 from jaxlab.models.attention import Attention, attention_implementation
 from jaxlab.models.layers import Embed, FeedForward, PositionEmbedding, Readout
 from jaxlab.models.norms import ScalarGain, norm_class
@@ -31,7 +32,7 @@ POSITIONALS = ("rope", "learned")
 
 
 def check_depth_keys(m: nn.Module) -> None:
-  """ValueErrors naming config.model.<key> for the depth-control keys of a Block / model."""
+  """UserErrors naming config.model.<key> for the depth-control keys of a Block / model."""
   placement.check(m.norm_placement)
   attention_implementation(m.attention_impl)
   placement.mix_post_layers(1, m.mix_ratio)
@@ -77,7 +78,8 @@ class Block(nn.Module):
     spec = placement.block_norms(self.norm_placement, self.layer, self.num_layers, self.mix_ratio)
     d = self.width or x_BLD.shape[-1]
     if self.width and self.width % self.num_heads:
-      raise ValueError(f"d_model {self.width} not divisible by num_heads {self.num_heads}")
+      raise UserError(f"config.model.d_model={self.width} not divisible by config.model.num_heads="
+                      f"{self.num_heads}")
     head_dim = d // self.num_heads if self.width else None
     scale = init_schemes.block_init_scale(self.init_scheme, self.layer)
     kernel_inits = self._mimetic(d, head_dim or d // self.num_heads)
@@ -110,8 +112,8 @@ class Block(nn.Module):
     if self.attention_init != "mimetic":
       return None
     if self.num_kv_heads not in (None, self.num_heads):
-      raise ValueError("config.model.attention_init='mimetic' needs num_kv_heads == num_heads "
-                       f"(got {self.num_kv_heads} and {self.num_heads})")
+      raise UserError("config.model.attention_init='mimetic' needs num_kv_heads == num_heads "
+                      f"(got {self.num_kv_heads} and {self.num_heads})")
     if not self.is_initializing():
       return None
     return init_schemes.mimetic_inits(self.make_rng("params"), self.num_heads, head_dim)
@@ -153,12 +155,14 @@ class TransformerLM(nn.Module):
   def __call__(self, tokens_BL: jax.Array, train: bool = False) -> jax.Array:
     del train  # no dropout (yet)
     if self.positional not in POSITIONALS:
-      raise ValueError(f"unknown positional {self.positional!r}; valid: {POSITIONALS}")
+      raise UserError(f"unknown positional {self.positional!r} (config.model.positional); valid: "
+                      f"{', '.join(POSITIONALS)}")
     check_depth_keys(self)
     kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
     L = tokens_BL.shape[1]
     if L > self.max_len:
-      raise ValueError(f"sequence length {L} > max_len {self.max_len}")
+      raise UserError(f"sequence length {L} > max_len {self.max_len}: lower config.data.seq_len or "
+                      "raise config.model.max_len")
     compressed = self.norm == "crmsnorm"
     stream = self.d_model - 1 if compressed else self.d_model
     embed = Embed(self.vocab_size, stream, name="embed", **kw)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.depth import placement
+from jaxlab.errors import UserError
 from jaxlab.models.layers import Conv, PositionEmbedding, Readout, make_param
 from jaxlab.models.norms import LayerNorm
 from jaxlab.models.transformer import Block, check_depth_keys
@@ -51,12 +52,13 @@ class ViT(nn.Module):
   def __call__(self, x_BHWC: jax.Array, train: bool = False) -> jax.Array:
     del train
     if self.pool not in POOLS:
-      raise ValueError(f"unknown pool {self.pool!r}; valid: {POOLS}")
+      raise UserError(f"unknown pool {self.pool!r} (config.model.pool); valid: {', '.join(POOLS)}")
     check_depth_keys(self)
     kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
     P = self.patch_size
     if x_BHWC.shape[1] % P or x_BHWC.shape[2] % P:
-      raise ValueError(f"image {x_BHWC.shape[1:3]} not divisible by patch_size {P}")
+      raise UserError(f"image {x_BHWC.shape[1:3]} not divisible by patch_size {P} "
+                      "(config.model.patch_size)")
     x = Conv(self.dim, P, strides=P, padding="VALID", role=INPUT,
              kernel_axes=("kernel_h", "kernel_w", "conv_in", "embed"), name="patch_embed",
              **kw)(x_BHWC)

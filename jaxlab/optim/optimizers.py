@@ -10,6 +10,7 @@ from typing import Any
 
 import optax
 
+from jaxlab.errors import UserError
 from jaxlab.optim.adam_atan2 import adam_atan2
 
 OPTIMIZERS = ("adamw", "adam", "adam_atan2", "sgd", "lion")
@@ -20,15 +21,15 @@ def make_schedule(cfg: Any, num_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to the peak, then constant, cosine or linear decay to the floor."""
   peak, warmup = float(cfg.learning_rate), int(cfg.warmup_steps)
   if not (math.isfinite(peak) and peak > 0):
-    raise ValueError(f"config.optim.learning_rate={cfg.learning_rate} must be a positive finite "
-                     "number (the peak of the schedule)")
+    raise UserError(f"config.optim.learning_rate={cfg.learning_rate} must be a positive finite "
+                    "number (the peak of the schedule)")
   if not 0 <= float(cfg.get("min_lr_ratio", 0.0)) <= 1:
-    raise ValueError(f"config.optim.min_lr_ratio={cfg.min_lr_ratio} must lie in [0, 1] (the "
-                     "schedule's floor as a fraction of config.optim.learning_rate)")
+    raise UserError(f"config.optim.min_lr_ratio={cfg.min_lr_ratio} must lie in [0, 1] (the "
+                    "schedule's floor as a fraction of config.optim.learning_rate)")
   if cfg.schedule not in SCHEDULES:
-    raise ValueError(f"config.optim.schedule={cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    raise UserError(f"config.optim.schedule={cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
   if not 0 <= warmup <= num_steps:
-    raise ValueError(f"config.optim.warmup_steps={warmup} must lie in [0, num_steps={num_steps}]")
+    raise UserError(f"config.optim.warmup_steps={warmup} must lie in [0, num_steps={num_steps}]")
   floor = peak * float(cfg.get("min_lr_ratio", 0.0))
   decay_steps = max(num_steps - warmup, 1)
   if cfg.schedule == "constant":
@@ -58,7 +59,7 @@ def make_optimizer(cfg: Any, num_steps: int, before: optax.GradientTransformatio
   elif cfg.name == "lion":
     opt = optax.lion(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
   else:
-    raise ValueError(f"config.optim.name={cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    raise UserError(f"config.optim.name={cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
   parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.get("grad_clip", 0.0) else []
   parts += [before] if before is not None else []
   return optax.chain(*parts, opt) if parts else opt

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import optax
 
+from jaxlab.errors import UserError
 from jaxlab.param.base import Parametrization
 from jaxlab.param.meta import ParamInfo
 
@@ -20,7 +21,8 @@ WITH_EPSILON = ("adamw", "adam")  # optimizers whose update has an epsilon to re
 def optimizer_family(name: str) -> str:
   """'adam' for sign/scale-invariant updates (Adam, AdamW, Adam-atan2, Lion), 'sgd' for SGD."""
   if name not in FAMILIES:
-    raise ValueError(f"no parametrization LR rule for optimizer {name!r}; known: {sorted(FAMILIES)}")
+    raise UserError(f"config.optim.name={name!r}: no parametrization LR rule for this optimizer; "
+                    f"valid: {', '.join(sorted(FAMILIES))}")
   return FAMILIES[name]
 
 

@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 
 import jax
 
+from jaxlab.errors import UserError
 from jaxlab.param import roles
 
 
@@ -61,7 +62,8 @@ class Parametrization:
     """This parametrization for a model of the given width (e.g. d_model, hidden width) and
     depth (number of residual blocks; 0 = unknown, depth multiplier 1)."""
     if width <= 0 or depth < 0:
-      raise ValueError(f"model width must be positive and depth >= 0, got {width}, {depth}")
+      raise UserError(f"model width must be positive and depth >= 0, got {width}, {depth} "
+                      "(config.model's width and depth keys)")
     return dataclasses.replace(self, width=int(width), depth=int(depth))
 
   def init_std(self, role: str, fan_in: int, fan_out: int) -> float:
@@ -168,8 +170,9 @@ class PerLayerSP(Parametrization):
   def lr_scale(self, role: str, fan_in: int, fan_out: int, family: str = "adam") -> float:
     roles.check(role)
     if family != "adam":
-      raise ValueError(f"parametrization 'sp_perlayer' prescribes Adam-family learning rates "
-                       f"only (got optimizer family {family!r}); use 'sp' or 'mup' with SGD")
+      raise UserError(f"config.parametrization='sp_perlayer' prescribes Adam-family learning "
+                      f"rates only (got optimizer family {family!r}, config.optim.name); use 'sp' "
+                      "or 'mup' with SGD")
     return 1.0 / self.width_mult if role in (roles.HIDDEN, roles.READOUT) else 1.0
 
   def adam_eps_scale(self, role: str, fan_in: int, fan_out: int) -> float:

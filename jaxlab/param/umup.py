@@ -38,6 +38,7 @@ from typing import Callable
 
 import jax
 
+from jaxlab.errors import UserError
 from jaxlab.param import roles
 from jaxlab.param.base import OpScales, Parametrization
 from jaxlab.param.unit_scaling import gaussian_rms, scale_bwd, scale_fwd
@@ -99,8 +100,9 @@ class UMuP(Parametrization):
   def lr_scale(self, role: str, fan_in: int, fan_out: int, family: str = "adam") -> float:
     roles.check(role)
     if family != "adam":
-      raise ValueError(f"u-muP prescribes Adam-family learning rates only (got optimizer family "
-                       f"{family!r}); use adamw, adam, adam_atan2 or lion")
+      raise UserError(f"config.parametrization='umup' prescribes Adam-family learning rates only "
+                      f"(got optimizer family {family!r}); config.optim.name: use adamw, adam, "
+                      "adam_atan2 or lion")
     if role != roles.HIDDEN:
       return 1.0
     depth = 1.0 / math.sqrt(self.depth) if self.depth else 1.0

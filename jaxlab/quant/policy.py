@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import jax
 
+from jaxlab.errors import UserError
 from jaxlab.quant.config import (BinaryFormat, FP8Format, IntFormat, LSQFormat, QuantConfig,
                                  quantized_conv_general_dilated, quantized_dot_general)
 
@@ -128,7 +129,7 @@ def names() -> tuple[str, ...]:
 
 
 def get(name: str) -> QuantPolicy:
-  """The named policy; ValueError listing the valid names for an unknown one."""
+  """The named policy; UserError (config.quant) listing the valid names for an unknown one."""
   if name not in _REGISTRY:
-    raise ValueError(f"unknown quantization policy {name!r}; valid: {', '.join(names())}")
+    raise UserError(f"unknown quantization policy {name!r}; valid: {', '.join(names())}")
   return _REGISTRY[name]

@@ -6,6 +6,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxlab.errors import UserError
+
 AXES = ("data", "fsdp")
 BATCH_AXES = AXES  # the batch dimension is split over every device
 
@@ -16,13 +18,14 @@ def make_mesh(cfg: Any, devices=None) -> Mesh:
   n = len(devices)
   data, fsdp = int(cfg.data), int(cfg.fsdp)
   if data == -1 and fsdp == -1:
-    raise ValueError("config.mesh.data and config.mesh.fsdp cannot both be -1")
+    raise UserError("config.mesh.data and config.mesh.fsdp cannot both be -1; valid: -1 on one axis"
+                    " at most")
   if data == -1:
     data = n // fsdp if fsdp > 0 else 0
   if fsdp == -1:
     fsdp = n // data if data > 0 else 0
   if data <= 0 or fsdp <= 0 or data * fsdp != n:
-    raise ValueError(
+    raise UserError(
         f"config.mesh (data={cfg.data}, fsdp={cfg.fsdp}) does not tile the {n} available devices;"
         f" choose data * fsdp = {n} (or -1 on one axis)")
   return Mesh(np.asarray(devices).reshape(data, fsdp), AXES)

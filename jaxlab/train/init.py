@@ -12,6 +12,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxlab import models, optim, param, quant, sharding
+from jaxlab.errors import UserError
 from jaxlab.sharding import rules
 from jaxlab.train import tasks
 from jaxlab.train.state import TrainState
@@ -36,8 +37,8 @@ def build_model(config: "ml_collections.ConfigDict", spec: Any) -> nn.Module:
   p = p.resolve(models.width_of(model_cfg), models.depth_of(model_cfg))
   try:
     policy = quant.get(config.quant)
-  except ValueError as e:
-    raise ValueError(f"config.quant={config.quant!r}: {e}") from None
+  except UserError as e:
+    raise UserError(f"config.quant={config.quant!r}: {e}") from None
   return models.build(model_cfg, parametrization=p, quant=policy)
 
 

@@ -200,9 +200,9 @@ def _depth_metrics_every(config, state) -> int:
   state (the diagnostics apply the model to params only)."""
   every = config.get("depth_metrics_every", 0)
   if every and not any(re.fullmatch(BLOCK_PATTERN, name) for name in state.params):
-    raise ValueError(f"config.depth_metrics_every={every} needs a model with residual blocks "
-                     f"named block_<i> (transformer, vit); config.model.name="
-                     f"{config.model.name!r} has {sorted(state.params)}. Set it to 0.")
+    raise UserError(f"config.depth_metrics_every={every} needs a model with residual blocks "
+                    f"named block_<i> (transformer, vit); config.model.name="
+                    f"{config.model.name!r} has {sorted(state.params)}. Set it to 0.")
   if every and quant.QUANT_STATE in state.extra:
     logging.warning("config.depth_metrics_every=%d: skipped under quant=%r (stateful policy)",
                     every, config.quant)

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlab.errors import UserError
+
 TASKS = ("classification", "lm")
 
 
@@ -18,7 +20,7 @@ def model_inputs(batch: dict, task: str) -> jax.Array:
     return batch["image"]
   if task == "lm":
     return batch["inputs"]
-  raise ValueError(f"config.data.task={task!r}; valid: {', '.join(TASKS)}")
+  raise UserError(f"config.data.task={task!r}; valid: {', '.join(TASKS)}")
 
 
 def _targets(batch: dict, task: str) -> jax.Array:

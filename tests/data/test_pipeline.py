@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxlab.data import dataset_spec, eval_batches, get_source, make_train_iterator
+from jaxlab.errors import UserError
 
 
 def _cfg(data_dir, name='digits', **kw):
@@ -100,7 +101,7 @@ def test_per_host_sharding(tfds_data_dir):
     assert batches[0]['image'].shape[0] == 32  # global batch 64 split over 2 hosts
     per_host.append(collections.Counter(_ids(batches)[:719]))  # one epoch of this host's shard
   assert per_host[0] + per_host[1] == train  # disjoint shards that cover the split
-  with pytest.raises(ValueError, match='batch_size'):
+  with pytest.raises(UserError, match='batch_size'):
     make_train_iterator(cfg, batch_size=63, seed=0, process_index=0, process_count=2)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from jaxlab import models, param
 from jaxlab.depth import init_schemes
+from jaxlab.errors import UserError
 from jaxlab.param import roles
 from tests.models.fitting import KEY, fit
 
@@ -88,10 +89,10 @@ def test_mimetic_products():
 
 
 def test_mimetic_errors():
-  with pytest.raises(ValueError, match=r"attention_init='mimetic' needs num_kv_heads"):
+  with pytest.raises(UserError, match=r"attention_init='mimetic' needs num_kv_heads"):
     jax.eval_shape(_lm(d_model=16, num_layers=1, num_heads=4, num_kv_heads=2,
                        attention_init="mimetic").init, KEY, TOKENS[:, :-1])
-  with pytest.raises(ValueError, match=r"config\.model\.attention_init 'xavier'"):
+  with pytest.raises(UserError, match=r"config\.model\.attention_init 'xavier'"):
     jax.eval_shape(_lm(d_model=16, num_layers=1, attention_init="xavier").init, KEY,
                    TOKENS[:, :-1])
 
@@ -170,17 +171,17 @@ def test_fixup_resnet():
 
 def test_resnet_config_errors():
   x = IMAGES[:1]
-  with pytest.raises(ValueError, match=r"init_scheme='fixup' needs config\.model\.norm='none'"):
+  with pytest.raises(UserError, match=r"init_scheme='fixup' needs config\.model\.norm='none'"):
     jax.eval_shape(models.ResNet(init_scheme="fixup").init, KEY, x)
-  with pytest.raises(ValueError, match=r"config\.model\.conv 'weightnorm'; valid: standard, ws"):
+  with pytest.raises(UserError, match=r"config\.model\.conv 'weightnorm'; valid: standard, ws"):
     jax.eval_shape(models.ResNet(conv="weightnorm").init, KEY, x)
-  with pytest.raises(ValueError, match=r"config\.model\.init_scheme 'he'; valid: default, fixup"):
+  with pytest.raises(UserError, match=r"config\.model\.init_scheme 'he'; valid: default, fixup"):
     jax.eval_shape(models.ResNet(init_scheme="he").init, KEY, x)
-  with pytest.raises(ValueError, match=r"config\.model\.norm 'batchnorm'"):
+  with pytest.raises(UserError, match=r"config\.model\.norm 'batchnorm'"):
     jax.eval_shape(models.ResNet(norm="batchnorm").init, KEY, x)
-  with pytest.raises(ValueError, match=r"init_scheme='lir' has no effect"):
+  with pytest.raises(UserError, match=r"init_scheme='lir' has no effect"):
     jax.eval_shape(models.ResNet(init_scheme="lir", conv="ws").init, KEY, x)
-  with pytest.raises(ValueError, match=r"config\.model\.branch_gain 'skip'; valid: none, rezero"):
+  with pytest.raises(UserError, match=r"config\.model\.branch_gain 'skip'; valid: none, rezero"):
     jax.eval_shape(_lm(d_model=16, num_layers=1, branch_gain="skip").init, KEY, TOKENS[:, :-1])
 
 

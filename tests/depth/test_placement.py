@@ -9,6 +9,7 @@ import pytest
 
 from jaxlab import models, param
 from jaxlab.depth import placement
+from jaxlab.errors import UserError
 from tests.models.fitting import KEY, fit
 
 V, D, H, LAYERS, L = 16, 16, 2, 2, 8
@@ -77,11 +78,11 @@ def test_deepnorm_constants_and_init():
 
 
 def test_unknown_placement_and_ratio():
-  with pytest.raises(ValueError, match=r"config\.model\.norm_placement 'sandwich'.*pre, post"):
+  with pytest.raises(UserError, match=r"config\.model\.norm_placement 'sandwich'.*pre, post"):
     jax.eval_shape(_lm(norm_placement="sandwich").init, KEY, TOKENS[:, :-1])
-  with pytest.raises(ValueError, match=r"config\.model\.mix_ratio"):
+  with pytest.raises(UserError, match=r"config\.model\.mix_ratio"):
     jax.eval_shape(_lm(norm_placement="mix", mix_ratio=1.5).init, KEY, TOKENS[:, :-1])
-  with pytest.raises(ValueError, match=r"config\.model\.norm_placement"):
+  with pytest.raises(UserError, match=r"config\.model\.norm_placement"):
     placement.block_norms("Pre", 0, 2)
 
 

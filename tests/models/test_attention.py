@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxlab import param
+from jaxlab.errors import UserError
 from jaxlab.models import layers, transformer
 
 
@@ -63,5 +64,5 @@ def test_attention_module_routes_through_pallas_kernels_attention():
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  with pytest.raises(ValueError, match="config.model.attention_impl='flash'"):
+  with pytest.raises(UserError, match="config.model.attention_impl='flash'"):
     transformer.TransformerLM(**kw, attention_impl="flash").init(jax.random.PRNGKey(1), tokens)

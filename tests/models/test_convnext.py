@@ -10,6 +10,7 @@ from jax import lax
 
 from jaxlab.configs import mnist5k_convnext, mnist5k_resnet
 from jaxlab import models, param
+from jaxlab.errors import UserError
 from jaxlab.models.convnext import ConvNeXtBlock, DepthwiseConv2D
 from jaxlab.param import roles
 from tests.models.fitting import KEY, fit
@@ -108,11 +109,11 @@ def test_build_and_errors():
   assert models.build(cfg) == models.ConvNeXt(widths=(8, 16), depths=(1, 1), kernel_size=5,
                                               patch_size=4, num_classes=3)
   assert models.width_of(cfg) == 8 and models.depth_of(cfg) == 2
-  with pytest.raises(ValueError, match="equal length"):
+  with pytest.raises(UserError, match="equal length"):
     jax.eval_shape(_tiny(depths=(1,)).init, KEY, IMAGES[:1])
-  with pytest.raises(ValueError, match="not divisible by patch_size"):
+  with pytest.raises(UserError, match="not divisible by patch_size"):
     jax.eval_shape(_tiny(patch_size=3).init, KEY, IMAGES[:1])
-  with pytest.raises(ValueError, match="too small"):
+  with pytest.raises(UserError, match="too small"):
     jax.eval_shape(_tiny(widths=(4, 8, 16, 32), depths=(1,) * 4).init, KEY, IMAGES[:1])
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from jaxlab.configs import shakespeare_longconv, shakespeare_lm
 from jaxlab import models, param
+from jaxlab.errors import UserError
 from jaxlab.models.longconv import LongConvMixer
 from jaxlab.param import roles
 from tests.models.fitting import KEY, fit
@@ -52,7 +53,7 @@ def test_metadata_and_shapes():
   assert jax.tree.map(np.shape, _shapes(model, TOKENS[:, :5])) == jax.tree.map(np.shape, boxed)
   logits = jax.eval_shape(model.apply, {"params": boxed}, TOKENS[:, :-1])
   assert logits.shape == (4, 16, V)
-  with pytest.raises(ValueError, match="max_len"):
+  with pytest.raises(UserError, match="max_len"):
     jax.eval_shape(model.init, KEY, np.zeros((1, MAX_LEN + 1), np.int32))
 
 
@@ -114,7 +115,7 @@ def test_build_and_errors():
                                        short_taps=4, norm="rmsnorm"))
   assert models.build(cfg) == _lm(short_taps=4, norm="rmsnorm")
   assert models.width_of(cfg) == D and models.depth_of(cfg) == LAYERS
-  with pytest.raises(ValueError, match="config.model.norm='crmsnorm'"):
+  with pytest.raises(UserError, match="config.model.norm='crmsnorm'"):
     jax.eval_shape(_lm(norm="crmsnorm").init, KEY, TOKENS)
 
 

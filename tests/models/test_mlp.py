@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxlab import models, param
+from jaxlab.errors import UserError
 from jaxlab.param import roles
 from tests.models.fitting import KEY, fit
 
@@ -60,11 +61,11 @@ def test_build():
                                        activation="gelu"))
   model = models.build(cfg)
   assert model == models.MLP(hidden_widths=(8, 8), num_classes=3, activation="gelu")
-  with pytest.raises(ValueError, match="'widths'.*valid keys: hidden_widths"):
+  with pytest.raises(UserError, match="'widths'.*valid keys: hidden_widths"):
     models.build(ml_collections.ConfigDict(dict(name="mlp", widths=[8], num_classes=3)))
-  with pytest.raises(ValueError, match="needs keys.*num_classes"):
+  with pytest.raises(UserError, match="needs keys.*num_classes"):
     models.build(ml_collections.ConfigDict(dict(name="mlp", hidden_widths=[8])))
-  with pytest.raises(ValueError, match="unknown model"):
+  with pytest.raises(UserError, match="unknown model"):
     models.build(ml_collections.ConfigDict(dict(name="cnn")))
-  with pytest.raises(ValueError, match="unknown activation"):
+  with pytest.raises(UserError, match="unknown activation"):
     jax.eval_shape(models.MLP((4,), 2, activation="swoosh").init, KEY, IMAGES)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxlab import models, param
+from jaxlab.errors import UserError
 from jaxlab.param import roles
 from tests.models.fitting import KEY, fit
 
@@ -52,7 +53,7 @@ def test_build():
   cfg = ml_collections.ConfigDict(dict(name="resnet", width=8, blocks_per_stage=3,
                                        num_classes=100))
   assert models.build(cfg) == models.ResNet(width=8, blocks_per_stage=3, num_classes=100)
-  with pytest.raises(ValueError, match="'depth'"):
+  with pytest.raises(UserError, match="'depth'"):
     models.build(ml_collections.ConfigDict(dict(name="resnet", depth=20)))
 
 

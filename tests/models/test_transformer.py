@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxlab import models, param
+from jaxlab.errors import UserError
 from jaxlab.param import roles
 from tests.models.fitting import KEY, fit
 
@@ -117,9 +118,9 @@ def test_build_and_errors():
                                        num_layers=LAYERS, num_heads=HEADS, max_len=64,
                                        tie_embeddings=True, norm="rmsnorm"))
   assert models.build(cfg) == _lm(tie_embeddings=True, norm="rmsnorm")
-  with pytest.raises(ValueError, match="unknown positional"):
+  with pytest.raises(UserError, match="unknown positional"):
     jax.eval_shape(_lm(positional="alibi").init, KEY, TOKENS)
-  with pytest.raises(ValueError, match="max_len"):
+  with pytest.raises(UserError, match="max_len"):
     jax.eval_shape(_lm().init, KEY, np.zeros((1, 65), np.int32))
 
 
@@ -151,9 +152,9 @@ def test_depth_keys_build_and_errors():
                                   init_scheme="lir", attention_init="mimetic")
   for key in ("norm_placement", "mix_ratio", "branch_gain", "init_scheme", "attention_init"):
     assert key in models.config_keys(models.TransformerLM)
-  with pytest.raises(ValueError, match=r"config\.model\.init_scheme 'fixup'; valid: default, lir"):
+  with pytest.raises(UserError, match=r"config\.model\.init_scheme 'fixup'; valid: default, lir"):
     jax.eval_shape(_lm(init_scheme="fixup").init, KEY, TOKENS)
-  with pytest.raises(ValueError, match="unknown norm 'batchnorm'"):
+  with pytest.raises(UserError, match="unknown norm 'batchnorm'"):
     jax.eval_shape(_lm(norm="batchnorm").init, KEY, TOKENS)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxlab import models, param
+from jaxlab.errors import UserError
 from jaxlab.param import roles
 from tests.models.fitting import KEY, fit
 
@@ -57,9 +58,9 @@ def test_build_and_errors():
                                        num_classes=10, pool="mean"))
   assert models.build(cfg) == models.ViT(patch_size=7, dim=32, depth=3, num_heads=4,
                                          num_classes=10)
-  with pytest.raises(ValueError, match="not divisible"):
+  with pytest.raises(UserError, match="not divisible"):
     jax.eval_shape(models.ViT(patch_size=3).init, KEY, np.zeros((1, 8, 8, 1)))
-  with pytest.raises(ValueError, match="unknown pool"):
+  with pytest.raises(UserError, match="unknown pool"):
     jax.eval_shape(models.ViT(pool="max").init, KEY, np.zeros((1, 8, 8, 1)))
 
 
@@ -84,5 +85,5 @@ def test_depth_keys_train_and_errors():
   assert np.isfinite(last) and last < first, (first, last)
   mimetic = model.clone(attention_init="mimetic")
   assert jax.eval_shape(mimetic.init, KEY, IMAGES)["params"]["block_1"]["attn_gain"] is not None
-  with pytest.raises(ValueError, match=r"config\.model\.norm_placement 'sandwich'"):
+  with pytest.raises(UserError, match=r"config\.model\.norm_placement 'sandwich'"):
     jax.eval_shape(models.ViT(norm_placement="sandwich").init, KEY, np.zeros((1, 8, 8, 1)))

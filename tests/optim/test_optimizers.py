@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxlab.errors import UserError
 from jaxlab.optim import make_optimizer, make_schedule
 
 
@@ -48,7 +49,7 @@ def test_sgd_step_is_minus_lr_times_grad_and_clip_bounds_norm():
 
 
 def test_bad_names_are_named_in_the_error():
-  with pytest.raises(ValueError, match="config.optim.name='adamx'"):
+  with pytest.raises(UserError, match="config.optim.name='adamx'"):
     make_optimizer(cfg(name="adamx"), 10)
-  with pytest.raises(ValueError, match="config.optim.schedule"):
+  with pytest.raises(UserError, match="config.optim.schedule"):
     make_schedule(cfg(schedule="cosine_restarts"), 10)

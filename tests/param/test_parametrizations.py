@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxlab import models, optim, param
+from jaxlab.errors import UserError
 from jaxlab.param import roles
 from jaxlab.train.init import param_info_of
 
@@ -59,7 +60,7 @@ def test_scale_by_parametrization_scales_each_update_by_its_role():
   assert float(updates["dense_0"]["kernel"]) == 1.0  # input
   assert float(updates["readout"]["kernel"]) == 1.0  # readout (the 1/m is in the forward)
   assert float(updates["dense_1"]["bias"]) == 1.0
-  with pytest.raises(ValueError, match="no parametrization LR rule"):
+  with pytest.raises(UserError, match="no parametrization LR rule"):
     optim.optimizer_family("adafactor")
 
 
@@ -72,7 +73,7 @@ def test_width_of_each_model(cfg, width):
 
 
 def test_unknown_option_is_named():
-  with pytest.raises(ValueError, match=r"parametrization 'sp' has no option\(s\) \['zero_readout'\]"):
+  with pytest.raises(UserError, match=r"parametrization 'sp' has no option\(s\) \['zero_readout'\]"):
     param.get("sp", zero_readout=True)
 
 
@@ -154,7 +155,7 @@ def test_per_layer_sp_table():
     fi, fo = FANS[role]
     assert (p.lr_scale(role, fi, fo, "adam"), p.adam_eps_scale(role, fi, fo)) == (lr, eps)
     assert p.init_std(role, fi, fo) == param.SP().init_std(role, fi, fo)
-  with pytest.raises(ValueError, match="Adam-family"):
+  with pytest.raises(UserError, match="Adam-family"):
     p.lr_scale(roles.HIDDEN, 256, 256, "sgd")
 
 

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from jaxlab import models, optim, param
+from jaxlab.errors import UserError
 from jaxlab.models import attention, layers, norms
 from jaxlab.param import roles
 from jaxlab.param.unit_scaling import gaussian_rms, scale_bwd, scale_fwd, scaled_op
@@ -160,7 +161,7 @@ def test_umup_scale_table():
   for role in (roles.INPUT, roles.READOUT, roles.BIAS, roles.NORM):
     assert p.lr_scale(role, fi, fo) == 1.0
     assert p.adam_eps_scale(role, fi, fo) == 1.0
-  with pytest.raises(ValueError, match="Adam-family"):
+  with pytest.raises(UserError, match="Adam-family"):
     p.lr_scale(roles.HIDDEN, fi, fo, "sgd")
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxlab import models, param, quant
+from jaxlab.errors import UserError
 from jaxlab.models import layers
 from jaxlab.quant import (BinaryFormat, FP8Format, IntFormat, LSQFormat, QuantConfig,
                           QuantPolicy, TernaryFormat)
@@ -219,7 +220,7 @@ def test_weight_operand_lhs():
 def test_registry():
   assert set(quant.names()) == {"fp32", "none", "int8", "int4_w", "w4a8", "binary_w", "fp8",
                                 "fp8_delayed", "lsq_w4a8"}
-  with pytest.raises(ValueError, match="'int9'.*binary_w, fp32, fp8, fp8_delayed, int4_w, int8, "
+  with pytest.raises(UserError, match="'int9'.*binary_w, fp32, fp8, fp8_delayed, int4_w, int8, "
                                        "lsq_w4a8, none, w4a8"):
     quant.get("int9")
 

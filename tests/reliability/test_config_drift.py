@@ -11,17 +11,13 @@ import pytest
 
 from jaxlab.train import workdir as wd
 from jaxlab.train.metrics import read_metrics
-
-CONFIG = "--config=jaxlab/configs/mnist5k_mlp.py"
+from tests.tiny_runs import mlp_args
 
 
 def tiny_args(data_dir, workdir, num_steps=20, *extra):
-  return ["-m", "experiments.train", CONFIG, f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}", "--config.model.hidden_widths=(64,64)",
-          "--config.batch_size=64", "--config.log_every=5", "--config.eval_every=0",
-          "--config.stats_every=0", "--config.checkpoint_every=20",
-          "--config.optim.learning_rate=3e-3", "--config.optim.warmup_steps=5",
-          f"--config.num_steps={num_steps}", *extra]
+  """The shared tiny MLP run (tests/tiny_runs.py), 20 steps by default, logging every 5."""
+  return ["-m", "experiments.train",
+          *mlp_args(data_dir, workdir, num_steps, "--config.log_every=5", *extra)]
 
 
 def snapshot(workdir):

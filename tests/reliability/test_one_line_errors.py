@@ -6,18 +6,10 @@ import re
 
 import pytest
 
-MLP = "--config=jaxlab/configs/mnist5k_mlp.py"
-VIT = "--config=jaxlab/configs/mnist5k_vit.py"
+from tests.tiny_runs import MLP, VIT, tiny_args
+
 BROKEN = "broken config file"  # written to tmp_path by run_case
 ABSL_INFO = re.compile(r"^I\d{4} ")  # absl start-up chatter (TPU backend, dataset info)
-
-
-def tiny_args(data_dir, config=MLP):
-  return [config, f"--config.data.data_dir={data_dir}", "--config.batch_size=64",
-          "--config.num_steps=10", "--config.log_every=1", "--config.eval_every=0",
-          "--config.stats_every=0", "--config.checkpoint_every=5",
-          "--config.optim.warmup_steps=2"] + (
-              ["--config.model.hidden_widths=(16,)"] if config == MLP else [])
 
 
 # name -> (config, extra flags, workdir kind, env, strings the one line must contain)
@@ -39,6 +31,10 @@ CASES = {
     "unknown_norm_placement": (VIT, ["--config.model.norm_placement=bogus",
                                      "--config.model.depth=1"], "new", {},
                                ["config.model.norm_placement", "peri"]),
+    "unknown_model": (MLP, ["--config.model.name=bogus"], "new", {},
+                      ["'bogus'", "config.model.name", "mlp", "vit"]),
+    "unknown_optimizer": (MLP, ["--config.optim.name=bogus"], "new", {},
+                          ["config.optim.name='bogus'", "adamw"]),
     "unknown_config_key": (MLP, ["--config.optim.bogus_key=1"], "new", {},
                            ["optim.bogus_key", "learning_rate"]),
     "empty_dataset_name": (MLP, ["--config.data.name="], "new", {},
@@ -76,9 +72,10 @@ def run_case(name, run_python, tfds_data_dir, tmp_path, *extra):
   config, flags, kind, env, _ = CASES[name]
   if config == BROKEN:
     (tmp_path / "broken.py").write_text("def get_config(:\n")
-    config = f"--config={tmp_path / 'broken.py'}"
-  return run_python("-m", "experiments.train", *tiny_args(tfds_data_dir, config), *flags,
-                    workdir_flag(kind, tmp_path), *extra, env=env, timeout=120)
+    config = tmp_path / "broken.py"
+  model = ["--config.model.hidden_widths=(16,)"] if config == MLP else []
+  return run_python("-m", "experiments.train", *tiny_args(config, tfds_data_dir, None, 10, *model),
+                    *flags, workdir_flag(kind, tmp_path), *extra, env=env, timeout=120)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -94,10 +91,29 @@ def test_user_error_is_one_line_exit_2(name, run_python, tfds_data_dir, tmp_path
   assert not (tmp_path / "w" / "metrics.jsonl").exists()
 
 
-@pytest.mark.parametrize("name", ["unknown_dataset", "warmup_above_num_steps",
+@pytest.mark.parametrize("name", ["unknown_dataset", "warmup_above_num_steps", "unknown_quant",
                                   "workdir_under_a_file", "config_file_does_not_load"])
 def test_verbose_errors_shows_the_traceback(name, run_python, tfds_data_dir, tmp_path):
   out = run_case(name, run_python, tfds_data_dir, tmp_path, "--verbose_errors")
   assert out.returncode == 2, out.stderr[-3000:]
   assert "Traceback (most recent call last)" in out.stderr
   assert CASES[name][-1][-1] in out.stderr
+
+
+BUG = """import runpy, sys
+from jaxlab.train import loop
+def bug(*args, **kwargs):
+  raise ValueError("a bug, not a config value")
+loop.train_and_evaluate = bug
+sys.argv[0] = "train.py"
+runpy.run_module("experiments.train", run_name="__main__")
+"""
+
+
+def test_a_value_error_that_is_not_a_user_error_keeps_its_traceback(run_python, tfds_data_dir,
+                                                                     tmp_path):
+  """Only UserError (and the run's own errors) are one line: any other exception is a bug."""
+  out = run_python("-c", BUG, *tiny_args(MLP, tfds_data_dir, tmp_path / "w", 10), timeout=120)
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert "Traceback (most recent call last)" in out.stderr
+  assert "ValueError: a bug, not a config value" in out.stderr

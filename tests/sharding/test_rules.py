@@ -6,6 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxlab import sharding
+from jaxlab.errors import UserError
 
 
 class FakeMesh:
@@ -31,5 +32,5 @@ def test_make_mesh_fills_minus_one_and_rejects_bad_tiling():
   devices = jax.devices()
   mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}), devices)
   assert dict(mesh.shape) == {"data": len(devices), "fsdp": 1}
-  with pytest.raises(ValueError, match="config.mesh"):
+  with pytest.raises(UserError, match="config.mesh"):
     sharding.make_mesh(ml_collections.ConfigDict({"data": 3, "fsdp": 1}), devices * 2)

@@ -8,6 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from jaxlab.errors import UserError
 from jaxlab.train import loop
 from jaxlab.train.metrics import read_metrics
 
@@ -60,7 +61,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(mlp_config, tmp_pat
 ])
 def test_bad_loop_settings_are_named(mlp_config, tmp_path, key, value, match):
   mlp_config[key] = value
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(UserError, match=match):
     loop.train_and_evaluate(mlp_config, str(tmp_path))
 
 
@@ -68,7 +69,7 @@ def test_batch_not_divisible_by_devices_is_named():
   from jaxlab.configs import mnist5k_mlp
   c = mnist5k_mlp.get_config()
   c.batch_size = 12
-  with pytest.raises(ValueError, match="config.batch_size=12 must be divisible by the 8 devices"):
+  with pytest.raises(UserError, match="config.batch_size=12 must be divisible by the 8 devices"):
     loop.validate_config(c, num_devices=8)
 
 
@@ -101,5 +102,5 @@ def test_depth_metrics_are_logged_and_match_a_recomputation(tfds_data_dir, tmp_p
 
 def test_depth_metrics_need_a_block_model(mlp_config, tmp_path):
   mlp_config.depth_metrics_every = 20
-  with pytest.raises(ValueError, match="config.depth_metrics_every=20 needs a model with residual"):
+  with pytest.raises(UserError, match="config.depth_metrics_every=20 needs a model with residual"):
     loop.train_and_evaluate(mlp_config, str(tmp_path))
