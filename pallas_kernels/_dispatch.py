@@ -1,4 +1,4 @@
-"""The one dispatch rule of every op's api.py (DESIGN.md, "Kernels").
+"""The one dispatch rule of every op's api.py (README, "Accelerators").
 
   implementation=None   one program that picks by the platform it is *lowered* for
                         (jax.lax.platform_dependent): on "tpu" and "cuda" the op's kernel

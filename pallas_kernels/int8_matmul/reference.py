@@ -13,9 +13,9 @@ s_m t_n sum_k q_mk w_kn (jaxlab.quant.config's module docstring).
 Quantizer: symmetric, narrow range, abs-max scale (jaxlab.quant.quantizers.int_fake_quant with
 bits=8, symmetric=True, nearest rounding): scale = max|x| / 127 over the reduced axis (1 where
 that max is 0), q = clip(round(x / scale), -127, 127). Implemented here rather than imported:
-pallas_kernels sits below jaxlab.quant in the dependency order (DESIGN.md: quant ->
-pallas_kernels), so importing jaxlab.quant from here would invert it and cycle as soon as
-jaxlab.quant uses this kernel; tests check the two agree bitwise.
+pallas_kernels sits below jaxlab.quant in the dependency order (jaxlab imports pallas_kernels,
+never the reverse), so importing jaxlab.quant from here would cycle as soon as jaxlab.quant uses
+this kernel; tests check the two agree bitwise.
 """
 
 import jax
