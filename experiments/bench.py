@@ -43,7 +43,7 @@ import numpy as np
 from jaxlab.configs import shakespeare_lm
 from experiments.kernel_bench.measure import lm_flops_per_token
 from jaxlab import data, optim, quant, sharding
-from jaxlab.train import step as step_lib
+from jaxlab.train import step as step_lib, tasks
 from jaxlab.train.init import build_model, dummy_input, init_state
 
 _LAYERS = flags.DEFINE_integer("num_layers", 4, "LM depth")
@@ -88,7 +88,8 @@ class _Runner:
     model = build_model(config, spec)
     self.tx = optim.make_optimizer(config.optim, config.num_steps)
     self.state, shardings = init_state(model, self.tx, dummy_input(spec, _SEQ.value), 0, mesh)
-    self.kw = dict(model=model, tx=self.tx, task="lm", state_sharding=step_lib.Static(shardings))
+    self.kw = dict(model=model, tx=self.tx, task=tasks.LM,
+                   state_sharding=step_lib.Static(shardings))
     compiled = step_lib.train_step.lower(self.state, batch, **self.kw).compile()
     self.xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
     self.times: list[float] = []

@@ -1,26 +1,26 @@
-"""Fail fast, by name, on a bad `--config.key=value` override.
+"""`--config` as ml_collections' config-file flag, failing fast, by name, on a bad
+`--config.key=value` override.
 
 ml_collections raises a bare AttributeError deep in flag parsing for an unknown key, and turns a
 scalar given for a tuple-valued key into a 1-tuple (`hidden_widths=512` -> `(512,)`, a one-layer
-MLP). This check runs first and says which key is wrong, the value given and what is valid.
+MLP). The flag's parser here loads the config file once (ml_collections' own loader), then checks
+every override in argv against it and says which key is wrong, the value given and what is valid.
 """
 
 import ast
-import importlib.util
+import os
 import sys
 from typing import Sequence
 
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-  file, _, arg = path.partition(":")
-  spec = importlib.util.spec_from_file_location("_jaxlab_config", file)
-  if spec is None or spec.loader is None:
-    raise FileNotFoundError(f"--config={path}: no such config file")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+class BadOverrideError(flags.Error):
+  """A `--config.key=value` override names no key of the config, or gives a tuple-valued key a
+  scalar."""
 
 
 def _tuple_override_error(key: str, value: str, default: tuple) -> str | None:
@@ -37,18 +37,12 @@ def _tuple_override_error(key: str, value: str, default: tuple) -> str | None:
           f"tuple, e.g. {one}--config.{key}='{example}' (the config file's value)")
 
 
-def unknown_override(argv: Sequence[str], flag: str = "config") -> str | None:
+def bad_override(argv: Sequence[str], config: ml_collections.ConfigDict, path: str = "",
+                 flag: str = "config") -> str | None:
   """Message naming the first bad `--<flag>.a.b` override in argv, or None if all are fine.
 
-  Bad: a key the config does not have, or a tuple-valued key given a scalar (not a tuple).
+  Bad: a key `config` does not have, or a tuple-valued key given a scalar (not a tuple).
   """
-  path = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
-  if path is None:
-    return None
-  try:
-    config = load_config(path)
-  except FileNotFoundError as e:
-    return str(e)
   for i_arg, arg in enumerate(argv):
     if not arg.startswith(f"--{flag}."):
       continue
@@ -70,8 +64,24 @@ def unknown_override(argv: Sequence[str], flag: str = "config") -> str | None:
   return None
 
 
-def exit_on_unknown_override(argv: Sequence[str] = tuple(sys.argv)) -> None:
-  message = unknown_override(argv)
-  if message:
-    sys.stderr.write(f"FATAL: {message}\n")
-    sys.exit(2)
+class _CheckedConfigFileParser(ConfigFileFlagParser):
+  """ml_collections' config-file parser, then the overrides in argv checked against the config
+  it loaded (a BadOverrideError before ml_collections applies them)."""
+
+  def parse(self, path):
+    if not os.path.isfile(path.partition(":")[0]):
+      raise FileNotFoundError(f"--{self.name}={path}: no such config file")
+    config = super().parse(path)
+    message = bad_override(flags.FLAGS.read_flags_from_files(sys.argv, force_gnu=False), config,
+                           path, self.name)
+    if message:
+      raise BadOverrideError(message)
+    return config
+
+
+def define_config_file(name: str, help_string: str) -> flags.FlagHolder:
+  """config_flags.DEFINE_config_file(name) whose file is loaded once and whose overrides are
+  checked by name (BadOverrideError, a flags.Error, from flag parsing)."""
+  holder = config_flags.DEFINE_config_file(name, None, help_string)
+  flags.FLAGS[name].parser = _CheckedConfigFileParser(name=name)
+  return holder

@@ -21,6 +21,7 @@ from ml_collections import config_flags
 from experiments.width_configs import config_at
 from jaxlab import data
 from jaxlab.analysis import coord_check, plots
+from jaxlab.train import tasks
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a jaxlab/configs file")
@@ -56,7 +57,7 @@ def main(argv):
       c = coord_config(config, name, width)
       model = build_model(c, spec)
       return model, make_tx(c, model, param_info_of(model, example))
-    results[name] = coord_check(build, [int(w) for w in _WIDTHS.value], batch, spec.task,
+    results[name] = coord_check(build, [int(w) for w in _WIDTHS.value], batch, tasks.get(spec.task),
                                 _STEPS.value, seed=config.seed)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "coord_check.json"), "w") as f:

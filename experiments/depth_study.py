@@ -30,9 +30,9 @@ from ml_collections import config_flags
 
 from jaxlab import data
 from jaxlab.analysis import depth_diagnostics as dd, plots
-from jaxlab.analysis.lr_sweep import batch_loss, scan_train, stack_batches
+from jaxlab.analysis.lr_sweep import scan_train, stack_batches
 from jaxlab.depth import placement
-from jaxlab.train import tasks
+from jaxlab.train import core, tasks
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "an LM config (shakespeare_lm.py)")
@@ -87,14 +87,12 @@ def study_one(c, spec, train, evals) -> dict:
   model = build_model(c, spec)
   example = dummy_input(spec, c.data.seq_len)
   tx = make_tx(c, model, param_info_of(model, example))
-  params, losses = jax.jit(lambda b: scan_train(model, tx, "lm", c.seed, b))(train)
-  loss_fn = batch_loss(model, "lm")
-  val_loss, grads = jax.value_and_grad(loss_fn)(params, evals)
-  inputs = tasks.model_inputs(evals, "lm")
+  params, extra, losses = jax.jit(lambda b: scan_train(model, tx, tasks.LM, c.seed, b))(train)
+  val_loss, _, grads, _ = core.loss_and_grads(model, params, extra, evals, tasks.LM)
+  inputs = tasks.LM.inputs(evals)
   var = dd.block_output_variance(model, params, inputs)
   norms = dd.per_layer_grad_norms(grads)
-  removal = dd.layer_removal_loss_delta(
-      model, params, evals, lambda logits, b: tasks.loss_and_metrics(logits, b, "lm")[0])
+  removal = dd.layer_removal_loss_delta(model, params, evals, tasks.LM.loss)
   to_list = lambda x: np.asarray(x, np.float64).tolist()  # noqa: E731
   return {"placement": c.model.norm_placement, "learning_rate": float(c.optim.learning_rate),
           "val_loss": float(val_loss), "train_loss": to_list(losses),

@@ -32,6 +32,7 @@ from experiments.width_configs import config_at, config_at_depth
 from jaxlab import data
 from jaxlab.analysis import plots
 from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep, mean_over_seeds, stack_batches  # noqa
+from jaxlab.train import tasks
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a jaxlab/configs file")
@@ -70,6 +71,7 @@ def main(argv):
   del argv
   config = _CONFIG.value
   spec = data.dataset_spec(config.data)
+  task = tasks.get(spec.task)
   example = dummy_input(spec, config.data.get("seq_len", 0))
   train = stack_batches(data.make_train_iterator(config.data, batch_size=config.batch_size,
                                                  seed=config.seed), _STEPS.value)
@@ -91,7 +93,7 @@ def main(argv):
       c = sweep_config(config, name, width)
       model = build_model(c, spec)
       unit_tx = make_tx(c, model, param_info_of(model, example))
-      run = make_sweep(model, lambda lr, t=unit_tx: optax.chain(t, optax.scale(lr)), spec.task,
+      run = make_sweep(model, lambda lr, t=unit_tx: optax.chain(t, optax.scale(lr)), task,
                        mesh=mesh)
       t0 = time.perf_counter()
       _, final = jax.block_until_ready(run(lrs, seeds, train, evals))
@@ -106,7 +108,7 @@ def main(argv):
         t0 = time.perf_counter()
         jax.block_until_ready(run(lrs, seeds, train, evals))
         vmapped = time.perf_counter() - t0
-        one = make_sweep(model, lambda lr, t=unit_tx: optax.chain(t, optax.scale(lr)), spec.task)
+        one = make_sweep(model, lambda lr, t=unit_tx: optax.chain(t, optax.scale(lr)), task)
         jax.block_until_ready(one(lrs[:1], seeds, train, evals))  # compile the 1-LR program
         t0 = time.perf_counter()
         for i in range(len(lrs)):

@@ -115,19 +115,15 @@ def restore_params(config: ml_collections.ConfigDict, run_dir: str) -> tuple[Any
   return model, jax.device_get(restored[0].params), info
 
 
-def _input_key(task: str) -> str:
-  return "image" if task == "classification" else "inputs"
-
-
 def evaluate_ptq(config, model, qparams, act_scales) -> dict[str, float]:
   """Eval loss / accuracy of the PTQ model over the same eval batches as the train loop."""
-  task = config.data.task
+  task = tasks.get(config.data.task)
   apply = jax.jit(functools.partial(ptq.quantized_apply, model, act_scales=act_scales))
   sums = None
   for batch in data.eval_batches(config.data, batch_size=config.eval_batch_size,
                                  max_batches=config.get("eval_max_batches", 0) or None):
-    logits = apply(qparams, tasks.model_inputs(batch, task))
-    sums = step_lib.sum_trees(sums, tasks.eval_sums(logits, batch, task))
+    logits = apply(qparams, task.inputs(batch))
+    sums = step_lib.sum_trees(sums, task.eval_sums(logits, batch))
   return tasks.finish_eval(jax.device_get(sums))
 
 
@@ -135,7 +131,7 @@ def ptq_study(config, name: str, model, params, info, calib: list[dict]) -> dict
   """PTQ recipe `name` of the fp32 params: eval metrics and an error summary."""
   r = PTQ_RECIPES[name]
   t0 = time.perf_counter()
-  key = _input_key(config.data.task)
+  key = tasks.get(config.data.task).inputs_key
   qparams = ptq.quantize_params(params, info, bits=r["bits"], granularity="per_channel",
                                 method=r["method"], keep_float=quant.FLOAT_LAYERS)
   scales = ptq.calibrate_activations(model, params, calib, bits=r["act_bits"], input_key=key)

@@ -36,7 +36,6 @@ if __name__ == "__main__":  # before the slow imports below
     signal.signal(_signal, _stop_during_start_up)
 
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from experiments import config_overrides  # noqa: E402
 from jaxlab import data  # noqa: E402
@@ -45,7 +44,7 @@ from jaxlab.sharding import distributed  # noqa: E402
 from jaxlab.train import checkpoint  # noqa: E402
 from jaxlab.train import loop, workdir  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "path to a jaxlab/configs file")
+_CONFIG = config_overrides.define_config_file("config", "path to a jaxlab/configs file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (metrics, checkpoints)")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
     "allow_config_change", [], "config keys (dotted, e.g. optim.learning_rate, or a parent such "
@@ -152,8 +151,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  try:
-    config_overrides.exit_on_unknown_override(sys.argv)
-  except (OSError, SyntaxError) as e:  # the config file loads before flags are parsed
-    _config_does_not_load(e, sys.argv)
   app.run(main, flags_parser=_parse_flags)

@@ -15,7 +15,7 @@ from experiments.kernel_bench.measure import (Timing, compile_program, lm_flops_
                                               time_interleaved)
 from jaxlab import models, sharding
 from jaxlab.train import init
-from jaxlab.train import step as step_lib
+from jaxlab.train import step as step_lib, tasks
 
 
 def matmul_peak(dtype, n: int, timing: Timing) -> float:
@@ -45,7 +45,7 @@ def time_lm_step(size: str, dtype: str, attention_impl: str, peak: float) -> dic
   state, _ = init.init_state(model, tx, jnp.zeros((1, T), jnp.int32), 0, mesh)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, vocab, (B, T + 1)), jnp.int32)
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-  kw = dict(model=model, tx=tx, task="lm")
+  kw = dict(model=model, tx=tx, task=tasks.LM)
   t = time.perf_counter()
   state, metrics = step_lib.train_step(state, batch, **kw)  # compiles
   jax.block_until_ready(metrics["loss"])

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.param.meta import unbox
-from jaxlab.train import tasks
+from jaxlab.train import core
+from jaxlab.train.tasks import Task
 
 
 def activation_scales(model: nn.Module, params, inputs: jax.Array) -> dict[str, jax.Array]:
@@ -30,28 +30,27 @@ def activation_scales(model: nn.Module, params, inputs: jax.Array) -> dict[str, 
 
 
 def coord_check(build: Callable[[int], tuple[nn.Module, optax.GradientTransformation]],
-                widths, batch: dict, task: str, steps: int, seed: int = 0) -> dict:
-  """{width: [activation_scales before update t for t = 0..steps]} training on one fixed batch.
+                widths, batch: dict, task: Task, steps: int, seed: int = 0) -> dict:
+  """{width: [activation_scales before update t for t = 0..steps]} training on one fixed batch
+  (jaxlab.train.core).
 
   `build(width)` gives the model and its full optax chain (e.g. with scale_by_parametrization).
   """
   results = {}
-  inputs = tasks.model_inputs(batch, task)
+  inputs = task.inputs(batch)
   for width in widths:
     model, tx = build(width)
-    params = unbox(model.init(jax.random.PRNGKey(seed), inputs)["params"])
+    params, extra = core.init_params_and_extra(model, jax.random.PRNGKey(seed), inputs)
 
     @jax.jit
-    def step(params, opt_state):
-      def loss_fn(p):
-        return tasks.loss_and_metrics(model.apply({"params": p}, inputs), batch, task)[0]
-      grads = jax.grad(loss_fn)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state
+    def step(params, opt_state, extra):
+      _, _, grads, extra = core.loss_and_grads(model, params, extra, batch, task)
+      params, opt_state, _ = core.apply_update(tx, params, opt_state, grads)
+      return params, opt_state, extra
 
     opt_state, history = tx.init(params), []
     for _ in range(steps + 1):
       history.append({k: float(v) for k, v in activation_scales(model, params, inputs).items()})
-      params, opt_state = step(params, opt_state)
+      params, opt_state, extra = step(params, opt_state, extra)
     results[width] = history
   return results

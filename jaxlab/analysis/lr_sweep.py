@@ -16,8 +16,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxlab.param.meta import unbox
-from jaxlab.train import tasks
+from jaxlab.train import core
+from jaxlab.train.tasks import Task
 
 
 def stack_batches(iterator, steps: int) -> dict:
@@ -33,44 +33,34 @@ def lr_mesh(num_lrs: int) -> Mesh | None:
   return Mesh(np.array(jax.devices()[:n]), ("lr",)) if n > 1 else None
 
 
-def batch_loss(model: nn.Module, task: str) -> Callable:
-  """(params, batch) -> mean training loss of `model` on `batch` for `task`."""
-
-  def loss_fn(params, batch):
-    logits = model.apply({"params": params}, tasks.model_inputs(batch, task))
-    return tasks.loss_and_metrics(logits, batch, task)[0]
-
-  return loss_fn
-
-
-def scan_train(model: nn.Module, tx: optax.GradientTransformation, task: str, seed: jax.Array,
-               train_batches: dict) -> tuple[Any, jax.Array]:
-  """(final params, train losses [T]): init from `seed`, then one optimizer step per stacked
-  batch as a lax.scan (traceable: jit/vmap it)."""
-  example = tasks.model_inputs(jax.tree.map(lambda x: x[0], train_batches), task)
-  params = unbox(model.init(jax.random.PRNGKey(seed), example)["params"])
-  loss_fn = batch_loss(model, task)
+def scan_train(model: nn.Module, tx: optax.GradientTransformation, task: Task, seed: jax.Array,
+               train_batches: dict) -> tuple[Any, dict, jax.Array]:
+  """(final params, final extra, train losses [T]): init from `seed`, then one optimizer step
+  (jaxlab.train.core) per stacked batch as a lax.scan (traceable: jit/vmap it). The
+  quantization state (extra) is carried through the scan."""
+  example = task.inputs(jax.tree.map(lambda x: x[0], train_batches))
+  params, extra = core.init_params_and_extra(model, jax.random.PRNGKey(seed), example)
 
   def step(carry, batch):
-    p, opt_state = carry
-    loss, grads = jax.value_and_grad(loss_fn)(p, batch)
-    updates, opt_state = tx.update(grads, opt_state, p)
-    return (optax.apply_updates(p, updates), opt_state), loss
+    p, opt_state, extra = carry
+    loss, _, grads, extra = core.loss_and_grads(model, p, extra, batch, task)
+    p, opt_state, _ = core.apply_update(tx, p, opt_state, grads)
+    return (p, opt_state, extra), loss
 
-  (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), train_batches)
-  return params, losses
+  (params, _, extra), losses = jax.lax.scan(step, (params, tx.init(params), extra), train_batches)
+  return params, extra, losses
 
 
 def make_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransformation],
-               task: str, mesh: Mesh | None = None) -> Callable:
+               task: Task, mesh: Mesh | None = None) -> Callable:
   """jitted (lrs [K], seeds [S], train_batches [T, ...], eval_batch) -> (train losses [K, S, T],
   final eval loss [K, S]); non-finite losses stay in the output (diverged runs). With a mesh
   (axis 'lr', e.g. from `lr_mesh`) the K runs are split over its devices: each device trains
   K / n learning rates, batches are replicated."""
 
   def one_run(lr, seed, train_batches, eval_batch):
-    params, losses = scan_train(model, tx_fn(lr), task, seed, train_batches)
-    return losses, batch_loss(model, task)(params, eval_batch)
+    params, extra, losses = scan_train(model, tx_fn(lr), task, seed, train_batches)
+    return losses, core.loss_and_metrics(model, params, extra, eval_batch, task)[0]
 
   over_seeds = jax.vmap(one_run, in_axes=(None, 0, None, None))
   sweep = jax.vmap(over_seeds, in_axes=(0, None, None, None))
@@ -87,7 +77,7 @@ def mean_over_seeds(final_loss: np.ndarray) -> np.ndarray:
 
 
 def lr_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransformation],
-             task: str, lrs: Sequence[float], seeds: Sequence[int], train_batches: dict,
+             task: Task, lrs: Sequence[float], seeds: Sequence[int], train_batches: dict,
              eval_batch: dict) -> dict:
   """{'lrs', 'seeds', 'train_loss' [K, S, T], 'eval_loss' [K, S], 'best_lr'} as numpy/python."""
   run = make_sweep(model, tx_fn, task, mesh=lr_mesh(len(lrs)))

@@ -91,7 +91,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example: jax.
   return state, state_shardings
 
 
-def init_inputs(model: nn.Module, example: jax.Array, train_iter: Any, task: str,
+def init_inputs(model: nn.Module, example: jax.Array, train_iter: Any, task: tasks.Task,
                 mesh: Mesh) -> jax.Array:
   """What init should see: `example`, or the inputs of the first training batch when the
   model's quantization policy initialises from data (LSQ activation steps). The iterator is
@@ -101,7 +101,7 @@ def init_inputs(model: nn.Module, example: jax.Array, train_iter: Any, task: str
   start = train_iter.get_state()
   batch = sharding.shard_batch(next(train_iter), mesh)
   train_iter.set_state(start)
-  return tasks.model_inputs(batch, task)
+  return task.inputs(batch)
 
 
 def _state_shardings(abstract: TrainState, param_shardings: Any, tx: optax.GradientTransformation,

@@ -175,23 +175,22 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   optim.make_schedule(config.optim, config.num_steps)  # a bad learning rate stops us before data
 
 
-def evaluate(state, config, model, mesh) -> dict[str, float]:
+def evaluate(state, config, model, task, mesh) -> dict[str, float]:
   max_batches = config.get("eval_max_batches", 0) or None
   sums = None
   for batch in data.eval_batches(config.data, batch_size=config.eval_batch_size,
                                  max_batches=max_batches):
     batch = sharding.shard_batch(batch, mesh)
     sums = step_lib.sum_trees(sums, step_lib.eval_step(
-        state.params, batch, model=model, task=config.data.task,
-        quant_state=state.extra.get(quant.QUANT_STATE)))
+        state.params, state.extra, batch, model=model, task=task))
   return tasks.finish_eval(jax.device_get(sums))
 
 
-def depth_metrics(state, config, model, mesh) -> dict[str, float]:
+def depth_metrics(state, config, model, task, mesh) -> dict[str, float]:
   """Depth diagnostics (step.depth_metrics_step) on the first eval batch."""
   batch = next(data.eval_batches(config.data, batch_size=config.eval_batch_size, max_batches=1))
   batch = sharding.shard_batch(batch, mesh)
-  out = step_lib.depth_metrics_step(state.params, batch, model=model, task=config.data.task)
+  out = step_lib.depth_metrics_step(state.params, batch, model=model, task=task)
   return {k: float(v) for k, v in jax.device_get(out).items()}
 
 
@@ -273,7 +272,7 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop) -> dict[str,
   model = build_model(config, spec)
   example = dummy_input(spec, config.data.get("seq_len", 0))
   tx = make_tx(config, model, param_info_of(model, example))
-  task = config.data.task
+  task = tasks.get(config.data.task)
   train_iter = data.make_train_iterator(config.data, batch_size=config.batch_size, seed=config.seed)
   state, state_shardings = init_state(
       model, tx, init_inputs(model, example, train_iter, task, mesh), config.seed, mesh)
@@ -333,9 +332,9 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop) -> dict[str,
     elif step % SYNC_EVERY == 0:
       jax.block_until_ready(metrics["loss"])
     if (config.eval_every and step % config.eval_every == 0) or last:
-      row.update({f"eval/{k}": v for k, v in evaluate(state, config, model, mesh).items()})
+      row.update({f"eval/{k}": v for k, v in evaluate(state, config, model, task, mesh).items()})
     if depth_every and (step % depth_every == 0 or last):
-      row.update(depth_metrics(state, config, model, mesh))
+      row.update(depth_metrics(state, config, model, task, mesh))
     if row:
       writer.write(step, row)
       result.update(row)

@@ -8,9 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab import quant
 from jaxlab.analysis import depth_diagnostics
-from jaxlab.train import stats, tasks
+from jaxlab.train import core, stats, tasks
 from jaxlab.train.state import TrainState
 
 
@@ -41,35 +40,16 @@ def train_step(
     *,
     model: nn.Module,
     tx: optax.GradientTransformation,
-    task: str,
+    task: tasks.Task,
     with_stats: bool = False,
     state_sharding: Static | None = None,
 ) -> tuple[TrainState, dict]:
-  """One optimizer update. Returns the new state and scalar metrics (+ per-layer rms).
-
-  With fp8 delayed scaling (state.extra['quant_state']) the loss is also differentiated with
-  respect to the quantization state: the cotangents of its zero probes are this step's amaxes,
-  which enter the new amax histories (jaxlab.quant.fp8)."""
+  """One optimizer update (jaxlab.train.core, dropout on). Returns the new state and scalar
+  metrics (+ per-layer rms); the quantization state in state.extra advances with it."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
-  quant_state = state.extra.get(quant.QUANT_STATE)
-
-  def loss_fn(params, quant_state):
-    variables = {"params": params}
-    if quant_state is not None:
-      variables[quant.QUANT_STATE] = quant_state
-    logits = model.apply(variables, tasks.model_inputs(batch, task), train=True,
-                         rngs={"dropout": dropout_rng})
-    return tasks.loss_and_metrics(logits, batch, task)
-
-  extra = state.extra
-  if quant_state is None:
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, None)
-  else:
-    (_, metrics), (grads, probes) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        state.params, quant_state)
-    extra = {**extra, quant.QUANT_STATE: quant.fp8.next_delayed_states(quant_state, probes)}
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  _, metrics, grads, extra = core.loss_and_grads(model, state.params, state.extra, batch, task,
+                                                 dropout_rng=dropout_rng)
+  params, opt_state, updates = core.apply_update(tx, state.params, state.opt_state, grads)
   metrics["grad_norm"] = optax.tree.norm(grads)
   metrics["param_norm"] = optax.tree.norm(params)
   if with_stats:
@@ -81,32 +61,22 @@ def train_step(
 
 
 @functools.partial(jax.jit, static_argnames=("model", "task"))
-def eval_step(params: Any, batch: dict, *, model: nn.Module, task: str,
-              quant_state: Any = None) -> dict:
-  """Masked sums of loss / correct / count over one eval batch (quant_state: the fp8
-  delayed-scaling histories, read but not updated)."""
-  variables = {"params": params}
-  if quant_state is not None:
-    variables[quant.QUANT_STATE] = quant_state
-  logits = model.apply(variables, tasks.model_inputs(batch, task), train=False)
-  return tasks.eval_sums(logits, batch, task)
+def eval_step(params: Any, extra: dict, batch: dict, *, model: nn.Module,
+              task: tasks.Task) -> dict:
+  """Masked sums of loss / correct / count over one eval batch (extra: TrainState.extra, its
+  quantization state read but not updated)."""
+  return task.eval_sums(core.logits(model, params, extra, batch, task), batch)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "task"))
-def depth_metrics_step(params: Any, batch: dict, *, model: nn.Module, task: str) -> dict:
+def depth_metrics_step(params: Any, batch: dict, *, model: nn.Module, task: tasks.Task) -> dict:
   """jaxlab.analysis.depth_diagnostics.depth_metrics on one batch (a model with residual blocks
   named block_<i>): residual-stream variance after each block and its last/first ratio, angular
   distance between consecutive blocks' inputs, per-block gradient norms (max/min, CV) and the
   loss increase when each block is removed."""
-  inputs = tasks.model_inputs(batch, task)
-
-  def loss_fn(logits, b):
-    return tasks.loss_and_metrics(logits, b, task)[0]
-
-  grads = jax.grad(lambda p: loss_fn(model.apply({"params": p}, inputs, train=False), batch))(
-      params)
-  return depth_diagnostics.depth_metrics(model, params, inputs, grads=grads, batch=batch,
-                                         loss_fn=loss_fn)
+  _, _, grads, _ = core.loss_and_grads(model, params, {}, batch, task)
+  return depth_diagnostics.depth_metrics(model, params, task.inputs(batch), grads=grads,
+                                         batch=batch, loss_fn=task.loss)
 
 
 def sum_trees(a: dict | None, b: dict) -> dict:

@@ -7,6 +7,7 @@ import pytest
 
 from jaxlab import data, models, optim, param
 from jaxlab.analysis import coord_check
+from jaxlab.train import tasks
 from jaxlab.train.init import param_info_of
 
 BASE, WIDE = 64, 512
@@ -32,7 +33,7 @@ def _build(name):
 @pytest.fixture(scope="module")
 def results(tfds_data_dir):
   batch = _batch(tfds_data_dir)
-  return {name: coord_check(_build(name), (BASE, WIDE), batch, "classification", steps=3)
+  return {name: coord_check(_build(name), (BASE, WIDE), batch, tasks.CLASSIFICATION, steps=3)
           for name in ("sp", "mup")}
 
 

@@ -40,7 +40,7 @@ def _params():
 
 
 def _loss(logits, batch):
-  return tasks.loss_and_metrics(logits, batch, "lm")[0]
+  return tasks.LM.loss(logits, batch)
 
 
 @functools.lru_cache(maxsize=None)

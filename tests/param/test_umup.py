@@ -189,7 +189,7 @@ def test_umup_lm_trains():
                    optim.scale_by_parametrization(lm.parametrization, param.param_info(boxed)))
 
   def loss_fn(q):
-    return tasks.loss_and_metrics(lm.apply({"params": q}, batch["inputs"]), batch, "lm")[0]
+    return tasks.LM.loss(lm.apply({"params": q}, batch["inputs"]), batch)
 
   state, losses = tx.init(params), []
   for _ in range(30):

@@ -14,7 +14,7 @@ from jaxlab import models, param, quant, sharding
 from jaxlab.models import layers
 from jaxlab.param import roles
 from jaxlab.quant import LSQFormat, QuantConfig, QuantPolicy
-from jaxlab.train import step as step_lib
+from jaxlab.train import step as step_lib, tasks
 from jaxlab.train.init import init_state
 
 RNG = np.random.default_rng(0)
@@ -93,7 +93,7 @@ def test_lsq_w4a8_mlp_trains():
                              2 * np.abs(h).mean() / math.sqrt(127), rtol=1e-5)
   losses = []
   for _ in range(40):
-    state, m = step_lib.train_step(state, batch, model=model, tx=tx, task="classification")
+    state, m = step_lib.train_step(state, batch, model=model, tx=tx, task=tasks.CLASSIFICATION)
     losses.append(float(m["loss"]))
   assert np.mean(losses[-5:]) < 0.5 * losses[0]
   for name in ("weight_step", "activation_step"):

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from experiments import config_overrides
+from jaxlab.configs import mnist5k_mlp
 from jaxlab.train import loop
 
 MNIST_MLP = "--config=jaxlab/configs/mnist5k_mlp.py"
@@ -28,16 +29,17 @@ def test_scalar_for_tuple_key_is_one_line_exit_2(run_python, tmp_path):
 @pytest.mark.parametrize("value", ["(512,)", "(64,64)", "64,64", "[64]", "()"])
 def test_tuple_forms_are_accepted(value):
   argv = [MNIST_MLP, f"--config.model.hidden_widths={value}"]
-  assert config_overrides.unknown_override(argv) is None
+  assert config_overrides.bad_override(argv, mnist5k_mlp.get_config()) is None
 
 
 @pytest.mark.parametrize("argv", [["--config.model.hidden_widths=512"],
                                   ["--config.model.hidden_widths", "512"],
                                   ["--config.model.hidden_widths=relu"]])
 def test_scalar_forms_are_refused(argv):
-  message = config_overrides.unknown_override([MNIST_MLP, *argv])
+  config = mnist5k_mlp.get_config()
+  message = config_overrides.bad_override([MNIST_MLP, *argv], config)
   assert message and "model.hidden_widths is a tuple" in message
-  assert config_overrides.unknown_override([MNIST_MLP, "--config.num_steps=5"]) is None
+  assert config_overrides.bad_override([MNIST_MLP, "--config.num_steps=5"], config) is None
 
 
 def test_eta_excludes_the_first_steps_compile():

@@ -67,14 +67,15 @@ import json, sys
 import jax, numpy as np, optax
 from jaxlab import data, models
 from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep, stack_batches
+from jaxlab.train import tasks
 cfg = {"name": "digits", "data_dir": sys.argv[1], "task": "classification"}
 train = stack_batches(data.make_train_iterator(cfg, batch_size=64, seed=0), 10)
 evals = next(data.eval_batches(cfg, batch_size=359))
 model = models.MLP(hidden_widths=(32,), num_classes=10)
 lrs, seeds = np.array([2.0**k for k in range(-12, -4)], np.float32), np.array([0, 1], np.uint32)
 mesh = lr_mesh(len(lrs))
-sharded = make_sweep(model, optax.adam, "classification", mesh=mesh)(lrs, seeds, train, evals)
-single = make_sweep(model, optax.adam, "classification")(lrs, seeds, train, evals)
+sharded = make_sweep(model, optax.adam, tasks.CLASSIFICATION, mesh=mesh)(lrs, seeds, train, evals)
+single = make_sweep(model, optax.adam, tasks.CLASSIFICATION)(lrs, seeds, train, evals)
 print(json.dumps({"devices": jax.device_count(), "mesh": dict(mesh.shape),
                   "shards": len(sharded[1].addressable_shards),
                   "max_diff": float(np.max(np.abs(np.asarray(sharded[1]) - np.asarray(single[1])))),

@@ -12,7 +12,7 @@ import pytest
 from jaxlab import models, param, quant, sharding
 from jaxlab.models import layers
 from jaxlab.quant import FP8Format, QuantConfig, QuantPolicy, fp8
-from jaxlab.train import checkpoint, step as step_lib
+from jaxlab.train import checkpoint, step as step_lib, tasks
 from jaxlab.train.init import init_state
 
 RNG = np.random.default_rng(0)
@@ -48,7 +48,7 @@ def host(tree):
 def run(state, model, n):
   losses = []
   for _ in range(n):
-    state, m = step_lib.train_step(state, BATCH, model=model, tx=TX, task="classification")
+    state, m = step_lib.train_step(state, BATCH, model=model, tx=TX, task=tasks.CLASSIFICATION)
     losses.append(float(m["loss"]))
   return state, losses
 

@@ -95,7 +95,7 @@ def test_depth_metrics_are_logged_and_match_a_recomputation(tfds_data_dir, tmp_p
   params = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "4" / "state")["params"]
   batch = next(data.eval_batches(c.data, batch_size=4, max_batches=1))
   var = depth_diagnostics.block_output_variance(build_model(c, data.dataset_spec(c.data)), params,
-                                                tasks.model_inputs(batch, "lm"))
+                                                tasks.LM.inputs(batch))
   np.testing.assert_allclose([rows[-1][f"depth/block_var/block_{i}"] for i in range(3)],
                              var["variance"], rtol=1e-4)
 

@@ -18,7 +18,7 @@ import pytest
 from jaxlab.configs import mnist5k_convnext, shakespeare_lm, shakespeare_longconv
 from jaxlab import sharding
 from jaxlab.train import init
-from jaxlab.train import step as step_lib
+from jaxlab.train import step as step_lib, tasks
 from tests.pallas_kernels.lowering import export_text, kernel_names
 
 PLATFORMS = ("tpu", "cuda")
@@ -73,7 +73,7 @@ def _step(name: str):
   tx = init.make_tx(config, model, init.param_info_of(model, example))
   mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
   state = jax.eval_shape(lambda: init.init_state(model, tx, example, 0, mesh)[0])
-  step = functools.partial(step_lib.train_step, model=model, tx=tx, task=spec.task)
+  step = functools.partial(step_lib.train_step, model=model, tx=tx, task=tasks.get(spec.task))
   return step, state, batch()
 
 
