@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlab.train import core
-from jaxlab.train.tasks import Task
+from jaxlab.train.tasks import Task, as_task
 
 
 def activation_scales(model: nn.Module, params, inputs: jax.Array) -> dict[str, jax.Array]:
@@ -30,12 +30,14 @@ def activation_scales(model: nn.Module, params, inputs: jax.Array) -> dict[str, 
 
 
 def coord_check(build: Callable[[int], tuple[nn.Module, optax.GradientTransformation]],
-                widths, batch: dict, task: Task, steps: int, seed: int = 0) -> dict:
+                widths, batch: dict, task: Task | str, steps: int, seed: int = 0) -> dict:
   """{width: [activation_scales before update t for t = 0..steps]} training on one fixed batch
   (jaxlab.train.core).
 
-  `build(width)` gives the model and its full optax chain (e.g. with scale_by_parametrization).
+  `build(width)` gives the model and its full optax chain (e.g. with scale_by_parametrization);
+  `task`: a jaxlab.train.tasks.Task or its name.
   """
+  task = as_task(task)
   results = {}
   inputs = task.inputs(batch)
   for width in widths:

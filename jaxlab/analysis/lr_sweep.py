@@ -17,7 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxlab.train import core
-from jaxlab.train.tasks import Task
+from jaxlab.train.tasks import Task, as_task
 
 
 def stack_batches(iterator, steps: int) -> dict:
@@ -52,11 +52,12 @@ def scan_train(model: nn.Module, tx: optax.GradientTransformation, task: Task, s
 
 
 def make_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransformation],
-               task: Task, mesh: Mesh | None = None) -> Callable:
+               task: Task | str, mesh: Mesh | None = None) -> Callable:
   """jitted (lrs [K], seeds [S], train_batches [T, ...], eval_batch) -> (train losses [K, S, T],
   final eval loss [K, S]); non-finite losses stay in the output (diverged runs). With a mesh
   (axis 'lr', e.g. from `lr_mesh`) the K runs are split over its devices: each device trains
-  K / n learning rates, batches are replicated."""
+  K / n learning rates, batches are replicated. `task`: a Task or its name."""
+  task = as_task(task)
 
   def one_run(lr, seed, train_batches, eval_batch):
     params, extra, losses = scan_train(model, tx_fn(lr), task, seed, train_batches)
@@ -77,7 +78,7 @@ def mean_over_seeds(final_loss: np.ndarray) -> np.ndarray:
 
 
 def lr_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransformation],
-             task: Task, lrs: Sequence[float], seeds: Sequence[int], train_batches: dict,
+             task: Task | str, lrs: Sequence[float], seeds: Sequence[int], train_batches: dict,
              eval_batch: dict) -> dict:
   """{'lrs', 'seeds', 'train_loss' [K, S, T], 'eval_loss' [K, S], 'best_lr'} as numpy/python."""
   run = make_sweep(model, tx_fn, task, mesh=lr_mesh(len(lrs)))

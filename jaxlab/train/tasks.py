@@ -64,6 +64,11 @@ def get(name: str) -> Task:
   return TASKS[name]
 
 
+def as_task(task: "Task | str") -> Task:
+  """`task` itself, or the task of that name (notebooks may pass 'classification' / 'lm')."""
+  return get(task) if isinstance(task, str) else task
+
+
 def _token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
