@@ -13,7 +13,7 @@ num_steps; rerunning resumes or reuses those runs); its final eval loss / accura
 that run's metrics.jsonl. fp32 is always trained (first) since everything is relative to it.
 
 PTQ (--ptq, jaxlab.quant.ptq) of the trained fp32 model, first layer and readout kept in float as
-in the integer QAT policies (jaxlab.quant.FLOAT_LAYERS):
+in the integer QAT policies (the input- and readout-role weights, jaxlab.quant.ptq.float_layers):
   int8  W8A8: int8 per-channel abs-max weights, int8 per-tensor static activation scales
         (abs-max over --calib_batches training batches);
   int4  W4A8: int4 per-channel weights with MSE-optimal clipping, the same int8 activations.
@@ -132,10 +132,11 @@ def ptq_study(config, name: str, model, params, info, calib: list[dict]) -> dict
   r = PTQ_RECIPES[name]
   t0 = time.perf_counter()
   key = tasks.get(config.data.task).inputs_key
+  keep_float = ptq.float_layers(info)
   qparams = ptq.quantize_params(params, info, bits=r["bits"], granularity="per_channel",
-                                method=r["method"], keep_float=quant.FLOAT_LAYERS)
+                                method=r["method"], keep_float=keep_float)
   scales = ptq.calibrate_activations(model, params, calib, bits=r["act_bits"], input_key=key)
-  scales = {p: s for p, s in scales.items() if not re.fullmatch(quant.FLOAT_LAYERS, p)}
+  scales = {p: s for p, s in scales.items() if not re.fullmatch(keep_float, p)}
   metrics = evaluate_ptq(config, model, qparams, scales)
   batches = list(data.eval_batches(config.data, batch_size=config.eval_batch_size,
                                    max_batches=2))

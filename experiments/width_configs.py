@@ -1,19 +1,23 @@
 """A train config rewritten for another width or depth and parametrization (shared by the width
-and depth sweeps)."""
+and depth sweeps); which keys set a model's width and depth, its class says (models.size)."""
 
 import ml_collections
 
 from jaxlab import models
 
-DEPTH_KEYS = {"transformer": "num_layers", "vit": "depth", "resnet": "blocks_per_stage"}
+
+def _model_class(c: ml_collections.ConfigDict):
+  if c.model.name not in models.MODELS:
+    raise ValueError(f"unknown model {c.model.name!r} (config.model.name); valid: "
+                     f"{', '.join(sorted(models.MODELS))}")
+  return models.MODELS[c.model.name]
 
 
 def config_at(config: ml_collections.ConfigDict, parametrization: str, width: int, *,
               base_width: int, zero_readout: bool = False) -> ml_collections.ConfigDict:
   """Copy of `config` whose model has the given width (every hidden width for the MLP)."""
   c = ml_collections.ConfigDict(config.to_dict())
-  key = models.WIDTH_KEYS[c.model.name]
-  c.model[key] = (width,) * len(c.model[key]) if c.model.name == "mlp" else width
+  c.model.update(_model_class(c).with_width(c.model, width))
   c.parametrization, c.base_width = parametrization, base_width
   c.zero_readout = zero_readout and parametrization == "mup"
   return c
@@ -22,13 +26,15 @@ def config_at(config: ml_collections.ConfigDict, parametrization: str, width: in
 def config_at_depth(config: ml_collections.ConfigDict, parametrization: str, depth: int, *,
                     base_width: int, base_depth: int,
                     zero_readout: bool = False) -> ml_collections.ConfigDict:
-  """Copy of `config` whose model has `depth` residual blocks (transformer layers, ViT depth,
-  ResNet blocks per stage) at the config's width."""
+  """Copy of `config` whose model has `depth` as its depth key (transformer / long-conv layers,
+  ViT depth, ResNet blocks per stage, ConvNeXt blocks in every stage) at the config's width."""
   c = ml_collections.ConfigDict(config.to_dict())
-  if c.model.name not in DEPTH_KEYS:
-    raise ValueError(f"depth sweeps need a residual model ({', '.join(DEPTH_KEYS)}); "
+  cls = _model_class(c)
+  if cls.DEPTH_KEY is None:
+    residual = [k for k, m in models.MODELS.items() if m.DEPTH_KEY is not None]
+    raise ValueError(f"depth sweeps need a residual model ({', '.join(residual)}); "
                      f"config.model.name={c.model.name!r}")
-  c.model[DEPTH_KEYS[c.model.name]] = depth
+  c.model.update(cls.with_depth(c.model, depth))
   c.parametrization, c.base_width, c.base_depth = parametrization, base_width, base_depth
   c.zero_readout = zero_readout and parametrization in ("mup", "depth_mup", "completep")
   return c

@@ -37,8 +37,8 @@ def time_lm_step(size: str, dtype: str, attention_impl: str, peak: float) -> dic
   T, B, vocab = s["seq_len"], s["batch"], 256
   model = models.build({"name": "transformer", "d_model": s["d_model"],
                         "num_layers": s["num_layers"], "num_heads": s["num_heads"],
-                        "mlp_ratio": 4, "max_len": T, "vocab_size": vocab, "dtype": dtype,
-                        "attention_impl": attention_impl})
+                        "mlp_ratio": 4, "max_len": T, "vocab_size": vocab,
+                        "attention_impl": attention_impl}, dtype=dtype)
   tx = optax.chain(optax.clip_by_global_norm(1.0),
                    optax.adamw(3e-4, b1=0.9, b2=0.95, weight_decay=0.1))
   mesh = sharding.make_mesh(types.SimpleNamespace(data=1, fsdp=1), devices=jax.devices()[:1])

@@ -13,6 +13,8 @@ def base_config() -> ml_collections.ConfigDict:
   # quantization policy (jaxlab.quant.names()): fp32 | int8 | int4_w | w4a8 | binary_w | fp8 |
   # fp8_delayed (amax histories in TrainState.extra) | lsq_w4a8 (learned steps)
   c.quant = "fp32"
+  c.dtype = "float32"  # compute dtype of the layers: float32 | bfloat16 (the loss stays f32)
+  c.param_dtype = "float32"  # master weights and optimizer state: float32 | bfloat16
   c.batch_size = 128
   c.eval_batch_size = 200
   c.eval_max_batches = 0  # 0 = the whole eval split

@@ -1,18 +1,19 @@
 """Models built only from `jaxlab.models.layers` (every parameter carries ParamMeta).
 
-`build(model_cfg)` turns a config {'name': 'mlp'|'resnet'|'vit'|'transformer'|'convnext'|
-'longconv', **attributes} into a Flax module; parametrization and quantization policy are passed
-separately.
+`build(model_cfg, parametrization=..., quant=..., dtype=..., param_dtype=...)` turns a config
+{'name': 'mlp'|'resnet'|'vit'|'transformer'|'convnext'|'longconv', **attributes} into a Flax
+module whose layers share one LayerContext (jaxlab.models.context); the parametrization is
+resolved against the model's width and depth (each model class reports them: jaxlab.models.size).
 """
 
 import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxlab.errors import UserError
 from jaxlab.models.attention import Attention
+from jaxlab.models.context import LayerContext
 from jaxlab.models.layers import (LOGICAL_AXES, Conv, Dense, Embed, FeedForward, PositionEmbedding,
                                   Readout, num_params)
 from jaxlab.models.norms import LayerNorm, RMSNorm
@@ -21,7 +22,7 @@ from jaxlab.models.longconv import LongConvBlock, LongConvLM
 from jaxlab.models.mlp import MLP
 from jaxlab.models.resnet import BasicBlock, ResNet
 from jaxlab.models.rope import apply_rope
-from jaxlab.models.transformer import Block, TransformerLM
+from jaxlab.models.transformer import Block, BlockOptions, TransformerLM
 from jaxlab.models.vit import ViT
 from jaxlab.param.base import SP, Parametrization
 from jaxlab.quant.policy import NO_QUANT, QuantPolicy
@@ -30,13 +31,19 @@ MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP, "resnet": ResNet, "vit": ViT, "transformer": TransformerLM, "convnext": ConvNeXt,
     "longconv": LongConvLM}
 
-# Fields every module has that do not come from the model config.
-_NOT_CONFIG = ("parent", "name", "parametrization", "quant")
+# Fields of a model that do not come from the model config (block_options: from its flat keys).
+_NOT_CONFIG = ("parent", "name", "ctx", "block_options")
+_BLOCK_KEYS = tuple(f.name for f in dataclasses.fields(BlockOptions))
+
+
+def _has_block_options(cls: type[nn.Module]) -> bool:
+  return any(f.name == "block_options" for f in dataclasses.fields(cls))
 
 
 def config_keys(cls: type[nn.Module]) -> tuple[str, ...]:
-  """Attributes of a model class that a config may set."""
-  return tuple(f.name for f in dataclasses.fields(cls) if f.init and f.name not in _NOT_CONFIG)
+  """Attributes of a model class that a config may set (BlockOptions' fields as flat keys)."""
+  own = tuple(f.name for f in dataclasses.fields(cls) if f.init and f.name not in _NOT_CONFIG)
+  return own + (_BLOCK_KEYS if _has_block_options(cls) else ())
 
 
 def _required_keys(cls: type[nn.Module]) -> tuple[str, ...]:
@@ -46,9 +53,12 @@ def _required_keys(cls: type[nn.Module]) -> tuple[str, ...]:
 
 
 def build(model_cfg: Mapping[str, Any], *, parametrization: Parametrization | None = None,
-          quant: QuantPolicy | None = None) -> nn.Module:
+          quant: QuantPolicy | None = None, dtype: Any = "float32",
+          param_dtype: Any = "float32") -> nn.Module:
   """Model from an ml_collections ConfigDict (or mapping): `name` picks the class, the remaining
-  keys are its attributes; lists become tuples and a string `dtype` becomes a jnp dtype."""
+  keys are its attributes (lists become tuples; BlockOptions' keys go into block_options). The
+  layer context holds `parametrization` resolved at the model's width and depth (None: SP),
+  `quant` (None: no quantization) and the compute / param dtypes."""
   cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
   if "name" not in cfg:
     raise UserError(f"config.model.name is missing; valid: {', '.join(sorted(MODELS))}")
@@ -56,6 +66,9 @@ def build(model_cfg: Mapping[str, Any], *, parametrization: Parametrization | No
   if kind not in MODELS:
     raise UserError(f"unknown model {kind!r} (config.model.name); valid: "
                     f"{', '.join(sorted(MODELS))}")
+  if "dtype" in cfg:
+    raise UserError("config.model.dtype is now config.dtype (compute dtype; config.param_dtype "
+                    "for the weights): set that instead")
   cls = MODELS[kind]
   valid = config_keys(cls)
   for key in cfg:
@@ -67,53 +80,17 @@ def build(model_cfg: Mapping[str, Any], *, parametrization: Parametrization | No
     raise UserError(f"model {kind!r} needs keys {missing} (config.model.<key>); valid keys: "
                     f"{', '.join(valid)}")
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-  if isinstance(kwargs.get("dtype"), str):
-    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
-  return cls(**kwargs, parametrization=parametrization or SP(), quant=quant or NO_QUANT)
+  if _has_block_options(cls):
+    kwargs["block_options"] = BlockOptions(
+        **{k: kwargs.pop(k) for k in _BLOCK_KEYS if k in kwargs})
+  p = SP() if parametrization is None else parametrization.resolve(cls.width_of(kwargs),
+                                                                    cls.depth_of(kwargs))
+  ctx = LayerContext(p, quant or NO_QUANT, dtype, param_dtype)
+  return cls(**kwargs, ctx=ctx)
 
 
 __all__ = [
-    "LOGICAL_AXES", "MODELS", "Attention", "BasicBlock", "Block", "Conv", "ConvNeXt",
-    "ConvNeXtBlock", "Dense", "Embed", "FeedForward", "LayerNorm", "LongConvBlock", "LongConvLM",
-    "MLP", "PositionEmbedding", "RMSNorm", "Readout", "ResNet", "TransformerLM", "ViT",
-    "apply_rope", "build", "config_keys", "num_params"]
-
-
-WIDTH_KEYS = {"mlp": "hidden_widths", "resnet": "width", "vit": "dim", "transformer": "d_model",
-              "convnext": "widths", "longconv": "d_model"}
-
-
-def width_of(model_cfg: Mapping[str, Any]) -> int:
-  """The width a parametrization's width multiplier refers to: d_model (transformer, longconv),
-  dim (ViT), width (ResNet; stages are 1x/2x/4x of it), the first hidden width (MLP), the first
-  stage's width (ConvNeXt)."""
-  cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
-  kind = cfg.get("name")
-  if kind not in WIDTH_KEYS:
-    raise UserError(f"unknown model {kind!r} (config.model.name); valid: "
-                    f"{', '.join(sorted(WIDTH_KEYS))}")
-  cls_default = {f.name: f.default for f in dataclasses.fields(MODELS[kind])}
-  value = cfg.get(WIDTH_KEYS[kind], cls_default.get(WIDTH_KEYS[kind]))
-  return int(value[0] if isinstance(value, (tuple, list)) else value)
-
-
-def depth_of(model_cfg: Mapping[str, Any]) -> int:
-  """Number of residual blocks (depth-muP's L): num_layers (transformer, longconv), depth (ViT),
-  3 * blocks_per_stage (ResNet), sum(depths) (ConvNeXt); number of hidden layers for the MLP (no
-  residual branches)."""
-  cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
-  kind = cfg.get("name")
-  if kind not in MODELS:
-    raise UserError(f"unknown model {kind!r} (config.model.name); valid: "
-                    f"{', '.join(sorted(MODELS))}")
-  defaults = {f.name: f.default for f in dataclasses.fields(MODELS[kind])}
-  get = lambda key: cfg.get(key, defaults.get(key))
-  if kind in ("transformer", "longconv"):
-    return int(get("num_layers"))
-  if kind == "convnext":
-    return int(sum(get("depths")))
-  if kind == "vit":
-    return int(get("depth"))
-  if kind == "resnet":
-    return 3 * int(get("blocks_per_stage"))
-  return len(get("hidden_widths"))
+    "LOGICAL_AXES", "MODELS", "Attention", "BasicBlock", "Block", "BlockOptions", "Conv",
+    "ConvNeXt", "ConvNeXtBlock", "Dense", "Embed", "FeedForward", "LayerContext", "LayerNorm",
+    "LongConvBlock", "LongConvLM", "MLP", "PositionEmbedding", "RMSNorm", "Readout", "ResNet",
+    "TransformerLM", "ViT", "apply_rope", "build", "config_keys", "num_params"]

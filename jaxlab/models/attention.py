@@ -8,12 +8,11 @@ import jax.numpy as jnp
 import pallas_kernels
 from jaxlab.depth.init_schemes import KernelInit
 from jaxlab.errors import UserError
-from jaxlab.models.layers import Dense, Dtype, split_last
+from jaxlab.models.context import DEFAULT, LayerContext
+from jaxlab.models.layers import Dense, split_last
 from jaxlab.models.rope import apply_rope
-from jaxlab.param.base import SP, Parametrization
 from jaxlab.param.roles import HIDDEN
 from jaxlab.param.unit_scaling import scale_bwd, scale_fwd
-from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 
 
 def scale_columns(init: KernelInit | None, start: int, factor: float) -> KernelInit:
@@ -56,9 +55,7 @@ class Attention(nn.Module):
   rope: bool = False
   rope_base: float = 10000.0
   use_bias: bool = True
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Dtype = jnp.float32
+  ctx: LayerContext = DEFAULT
   init_scale: float = 1.0
   value_init_scale: float = 1.0
   kernel_inits: tuple[KernelInit, KernelInit] | None = None
@@ -74,28 +71,28 @@ class Attention(nn.Module):
       raise UserError(f"width {D} not divisible by num_heads {H} (config.model.num_heads); set "
                       "config.model.head_dim")
     Dh = self.head_dim or D // H
-    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
     qkv_init, out_init = self.kernel_inits or (None, None)
     if self.value_init_scale != 1.0:
       qkv_init = scale_columns(qkv_init, (H + K) * Dh, self.value_init_scale)
     qkv = Dense((H + 2 * K) * Dh, role=HIDDEN, use_bias=self.use_bias,
                 kernel_axes=("embed", "heads"), init_scale=self.init_scale, kernel_init=qkv_init,
-                name="qkv", **kw)(x_BLD)
+                name="qkv", ctx=self.ctx)(x_BLD)
     q, k, v = split_last(qkv, (H * Dh, (H + K) * Dh))
     q_BLHD, k_BLKD, v_BLKD = q.reshape(B, L, H, Dh), k.reshape(B, L, K, Dh), v.reshape(B, L, K, Dh)
     if self.rope:
       positions = jnp.arange(L) if positions is None else positions
       q_BLHD = apply_rope(q_BLHD, positions, self.rope_base)
       k_BLKD = apply_rope(k_BLKD, positions, self.rope_base)
-    io_scale = self.parametrization.attention_output_scale(L, Dh, self.causal)
+    p = self.ctx.parametrization
+    io_scale = p.attention_output_scale(L, Dh, self.causal)
     if io_scale != 1.0:  # u-muP: unit-scaled attention output, q/k/v cotangents to match
       q_BLHD, k_BLKD, v_BLKD = (scale_bwd(t, io_scale) for t in (q_BLHD, k_BLKD, v_BLKD))
     out_BLHD = pallas_kernels.attention(
-        q_BLHD, k_BLKD, v_BLKD, scale=self.parametrization.attention_scale(Dh),
+        q_BLHD, k_BLKD, v_BLKD, scale=p.attention_scale(Dh),
         causal=self.causal, mask=mask, implementation=attention_implementation(
             self.implementation))
     if io_scale != 1.0:
       out_BLHD = scale_fwd(out_BLHD, io_scale)
     return Dense(D, role=HIDDEN, use_bias=self.use_bias, kernel_axes=("heads", "embed"),
                  init_scale=self.init_scale * self.value_init_scale, kernel_init=out_init,
-                 name="out", **kw)(out_BLHD.reshape(B, L, H * Dh))
+                 name="out", ctx=self.ctx)(out_BLHD.reshape(B, L, H * Dh))

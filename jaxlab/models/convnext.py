@@ -23,7 +23,7 @@ quantized (it runs through the Pallas kernel, not the policy's conv op); the ste
 convs, Denses and readout follow the quantization policy.
 """
 
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -31,12 +31,12 @@ import jax.numpy as jnp
 
 import pallas_kernels
 from jaxlab.errors import UserError
+from jaxlab.models.context import DEFAULT, LayerContext
 from jaxlab.models.depthwise import depthwise_conv
 from jaxlab.models.layers import Conv, FeedForward, Readout, make_param, scale_param
 from jaxlab.models.norms import LayerNorm
-from jaxlab.param.base import SP, Parametrization
+from jaxlab.models.size import Sized
 from jaxlab.param.roles import INPUT, NORM
-from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 
 
 class DepthwiseConv2D(nn.Module):
@@ -47,9 +47,7 @@ class DepthwiseConv2D(nn.Module):
   kernel_size: int = 7
   use_bias: bool = True
   implementation: str | None = None
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT  # unused (not quantized); uniform layer interface
-  dtype: Any = jnp.float32
+  ctx: LayerContext = DEFAULT
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
@@ -69,14 +67,12 @@ class ConvNeXtBlock(nn.Module):
   mlp_ratio: int = 4
   layer_scale_init: float = 1e-6
   implementation: str | None = None
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Any = jnp.float32
+  ctx: LayerContext = DEFAULT
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
-    p, C = self.parametrization, x_BHWC.shape[-1]
+    kw = dict(ctx=self.ctx)
+    p, C = self.ctx.parametrization, x_BHWC.shape[-1]
 
     def branch(h):
       h = DepthwiseConv2D(self.kernel_size, implementation=self.implementation, name="dwconv",
@@ -86,7 +82,7 @@ class ConvNeXtBlock(nn.Module):
       if self.layer_scale_init:
         v = self.layer_scale_init
         gamma = make_param(self, "layer_scale", (C,), names=("conv_out",), role=NORM, fan_in=C,
-                           fan_out=C, parametrization=p,
+                           fan_out=C, ctx=self.ctx,
                            init=lambda key, shape, std: jnp.full(shape, v, jnp.float32))
         h = h * scale_param(gamma.astype(h.dtype), p.op_scales(NORM, C, C, h.size // C))
       return h
@@ -94,9 +90,12 @@ class ConvNeXtBlock(nn.Module):
     return p.residual(x_BHWC, branch, layer=self.layer, num_layers=self.num_layers)
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(nn.Module, Sized):
   """Images [B, H, W, C] -> logits [B, num_classes]. Stage s has widths[s] channels and
-  depths[s] blocks; the stem divides H and W by patch_size, each later stage by 2 (floor)."""
+  depths[s] blocks; the stem divides H and W by patch_size, each later stage by 2 (floor). Its
+  width is widths[0], its depth sum(depths)."""
+
+  WIDTH_KEY, DEPTH_KEY = "widths", "depths"
 
   widths: tuple[int, ...] = (32, 64)
   depths: tuple[int, ...] = (2, 2)
@@ -106,9 +105,13 @@ class ConvNeXt(nn.Module):
   num_classes: int = 10
   layer_scale_init: float = 1e-6
   implementation: str | None = None  # of pallas_kernels.depthwise_conv2d (None: per backend)
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Any = jnp.float32
+  ctx: LayerContext = DEFAULT
+
+  @classmethod
+  def with_width(cls, attrs: Mapping[str, Any], width: int) -> dict[str, Any]:
+    """{'widths': ...} with widths[0] = width, the later stages in their original ratios."""
+    widths = tuple(cls.attribute(attrs, "widths"))
+    return {"widths": tuple(width * w // widths[0] for w in widths)}
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool = False) -> jax.Array:
@@ -127,7 +130,7 @@ class ConvNeXt(nn.Module):
       raise UserError(f"image {(H, W)} too small for config.model.patch_size={P} and "
                       f"{len(widths)} stages "
                       "(each later stage halves the resolution)")
-    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
+    kw = dict(ctx=self.ctx)
     x = Conv(widths[0], P, strides=P, padding="VALID", role=INPUT, use_bias=False, name="stem",
              **kw)(x_BHWC)
     x = LayerNorm(name="stem_norm", axis_name="conv_out", **kw)(x)

@@ -1,16 +1,19 @@
 """Layers every jaxlab model is built from.
 
 Contract (what later parametrization / quantization work relies on):
-  * every parameter is created by `make_param`, which boxes it in `ParamMeta` with logical axis
-    names (from `LOGICAL_AXES`), a role (`jaxlab.param.roles`), fan-in and fan-out;
+  * every layer takes one `ctx` (jaxlab.models.context.LayerContext: parametrization,
+    quantization policy, compute dtype, param dtype); inputs and weights are cast to ctx.dtype;
+  * every parameter is created by `make_param` in ctx.param_dtype, boxed in `ParamMeta` with
+    logical axis names (from `LOGICAL_AXES`), a role (`jaxlab.param.roles`), fan-in and fan-out;
   * weights init ~ N(0, parametrization.init_std(role, fan_in, fan_out)), biases 0, norm gains 1;
     a layer's `init_scale` multiplies that std and a `kernel_init(key, shape, std)` replaces the
     normal draw (per-layer init schemes, jaxlab.depth.init_schemes); the defaults (1.0, None)
     leave the init unchanged;
   * the output of every weight op is multiplied by parametrization.forward_multiplier(role, ...)
     (skipped when it is exactly 1.0, so SP traces to the plain op);
-  * matmuls use `quant.dot_general(path)`, convolutions `quant.conv_general_dilated(path)`, where
-    path is the module path '/'.join(scope.path), e.g. 'block_0/attn/qkv'. Dense and Conv also
+  * matmuls use `quant.dot_general(path, role)`, convolutions
+    `quant.conv_general_dilated(path, role)`, where path is the module path '/'.join(scope.path),
+    e.g. 'block_0/attn/qkv', and role the weight's. Dense and Conv also
     own the state their QuantConfig asks for (`quant_inputs`): LSQ steps as params and fp8
     delayed-scaling histories in the 'quant_state' collection.
 
@@ -32,13 +35,13 @@ import jax.numpy as jnp
 
 from jaxlab.depth.init_schemes import KernelInit, scaled_standardize
 from jaxlab.errors import UserError
-from jaxlab.param.base import SP, OpScales, Parametrization
+from jaxlab.models.context import DEFAULT, LayerContext
+from jaxlab.param.base import OpScales, Parametrization
 from jaxlab.param.meta import ParamMeta
 from jaxlab.param.roles import BIAS, HIDDEN, INPUT, NORM, READOUT, check
 from jaxlab.param.unit_scaling import scale_bwd, scale_fwd, scaled_op
 from jaxlab.quant import fp8 as fp8_lib
 from jaxlab.quant.config import QUANT_STATE
-from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 from jaxlab.quant.quantizers import lsq_init_step
 
 # Logical axis vocabulary (mapped to mesh axes by sharding rules):
@@ -52,13 +55,12 @@ from jaxlab.quant.quantizers import lsq_init_step
 LOGICAL_AXES = ("input", "embed", "mlp", "heads", "vocab", "classes", "position", "kernel_h",
                 "kernel_w", "conv_in", "conv_out")
 
-Dtype = Any
-
 
 def make_param(module: nn.Module, name: str, shape: Sequence[int], *, names: Sequence[str],
-               role: str, fan_in: int, fan_out: int, parametrization: Parametrization,
+               role: str, fan_in: int, fan_out: int, ctx: LayerContext,
                init_scale: float = 1.0, init: KernelInit | None = None) -> jax.Array:
-  """Declares `module.<name>` boxed in ParamMeta; returns the (unboxed) f32 value.
+  """Declares `module.<name>` boxed in ParamMeta; returns the (unboxed) value, in
+  ctx.param_dtype (drawn in f32).
 
   init_scale multiplies the parametrization's init std; `init(key, shape, std)` replaces the
   default value (N(0, std^2) for weights, 0 for biases, 1 for gains) whatever the role.
@@ -72,7 +74,7 @@ def make_param(module: nn.Module, name: str, shape: Sequence[int], *, names: Seq
     raise ValueError(f"{name}: unknown logical axes {unknown}; valid: {LOGICAL_AXES}")
 
   def init_fn(key, shape):
-    std = parametrization.init_std(role, fan_in, fan_out)
+    std = ctx.parametrization.init_std(role, fan_in, fan_out)
     if init_scale != 1.0:
       std = std * init_scale
     if init is not None:
@@ -83,7 +85,8 @@ def make_param(module: nn.Module, name: str, shape: Sequence[int], *, names: Seq
       value = jnp.ones(shape, jnp.float32)
     else:
       value = std * jax.random.normal(key, shape, jnp.float32)
-    return ParamMeta(value, names=names, role=role, fan_in=fan_in, fan_out=fan_out)
+    return ParamMeta(value.astype(ctx.param_dtype), names=names, role=role, fan_in=fan_in,
+                     fan_out=fan_out)
 
   return module.param(name, init_fn, shape)
 
@@ -141,7 +144,7 @@ def quant_inputs(module: nn.Module, x: jax.Array, kernel: jax.Array,
     * fp8 delayed scaling: {'history', 'probe'} per delayed tensor ('weight', 'activation',
       'gradient') in the 'quant_state' collection (jaxlab.quant.fp8), passed as quant_state=.
   weight_operand: which operand of the op is `kernel` ('rhs': x @ W; 'lhs': W^T x)."""
-  config = module.quant.config_for(module_path(module))
+  config = module.ctx.quant.config_for(module_path(module), module.role)
   if config is None:
     return {}
   kw: dict[str, Any] = {}
@@ -152,13 +155,13 @@ def quant_inputs(module: nn.Module, x: jax.Array, kernel: jax.Array,
         v, fmt.bits, fmt.signed, default_mean_abs=1.0)
     kw[f"{operand[role]}_step"] = make_param(
         module, f"{role}_step", (), names=(), role=BIAS, fan_in=1, fan_out=1,
-        parametrization=module.parametrization, init=init)
+        ctx=module.ctx, init=init)
   states = {}
   for role in config.delayed_roles:
     if not module.is_initializing() and not module.has_variable(QUANT_STATE, role):
       raise ValueError(
           f"layer {module_path(module)!r} uses fp8 scaling='delayed' (policy "
-          f"{module.quant.name!r}) and needs its amax histories: apply the model with "
+          f"{module.ctx.quant.name!r}) and needs its amax histories: apply the model with "
           f"{{'params': ..., {QUANT_STATE!r}: ...}} (the train state keeps them in "
           f"TrainState.extra[{QUANT_STATE!r}])")
     history_length = getattr(config, role).history_length
@@ -182,22 +185,21 @@ class Dense(nn.Module):
   use_bias: bool = True
   kernel_axes: tuple[str, str] = ("embed", "mlp")
   feature_major: bool = False
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Dtype = jnp.float32
+  ctx: LayerContext = DEFAULT
   init_scale: float = 1.0
   kernel_init: KernelInit | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    p = self.parametrization
+    p, dtype = self.ctx.parametrization, self.ctx.dtype
     fan_in = x.shape[0] if self.feature_major else x.shape[-1]
     kernel = make_param(self, "kernel", (fan_in, self.features), names=self.kernel_axes,
-                        role=self.role, fan_in=fan_in, fan_out=self.features, parametrization=p,
+                        role=self.role, fan_in=fan_in, fan_out=self.features, ctx=self.ctx,
                         init_scale=self.init_scale, init=self.kernel_init)
     weight_operand = "lhs" if self.feature_major else "rhs"
-    dot_general = self.quant.dot_general(module_path(self), weight_operand=weight_operand)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    dot_general = self.ctx.quant.dot_general(module_path(self), self.role,
+                                             weight_operand=weight_operand)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
     qkw = quant_inputs(self, x, kernel, weight_operand)
     if qkw:
       dot_general = functools.partial(dot_general, **qkw)
@@ -209,8 +211,8 @@ class Dense(nn.Module):
     y = scaled_op(x, kernel, op, *p.op_scales(self.role, fan_in, self.features, batch))
     if self.use_bias:
       bias = make_param(self, "bias", (self.features,), names=self.kernel_axes[-1:], role=BIAS,
-                        fan_in=1, fan_out=self.features, parametrization=p)
-      bias = scale_param(bias.astype(self.dtype), p.op_scales(BIAS, 1, self.features, batch))
+                        fan_in=1, fan_out=self.features, ctx=self.ctx)
+      bias = scale_param(bias.astype(dtype), p.op_scales(BIAS, 1, self.features, batch))
       y = y + (bias.reshape((-1,) + (1,) * (y.ndim - 1)) if self.feature_major else bias)
     return y
 
@@ -243,25 +245,24 @@ class Conv(nn.Module):
   role: str = HIDDEN
   use_bias: bool = True
   kernel_axes: tuple[str, str, str, str] = ("kernel_h", "kernel_w", "conv_in", "conv_out")
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Dtype = jnp.float32
+  ctx: LayerContext = DEFAULT
   init_scale: float = 1.0
   standardize: bool = False
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    p, (kh, kw), c_in = self.parametrization, _pair(self.kernel_size), x_BHWC.shape[-1]
+    p, dtype = self.ctx.parametrization, self.ctx.dtype
+    (kh, kw), c_in = _pair(self.kernel_size), x_BHWC.shape[-1]
     fan_in = kh * kw * c_in
     kernel = make_param(self, "kernel", (kh, kw, c_in, self.features), names=self.kernel_axes,
-                        role=self.role, fan_in=fan_in, fan_out=self.features, parametrization=p,
+                        role=self.role, fan_in=fan_in, fan_out=self.features, ctx=self.ctx,
                         init_scale=self.init_scale)
     if self.standardize:
       gain = make_param(self, "gain", (self.features,), names=self.kernel_axes[-1:], role=NORM,
-                        fan_in=self.features, fan_out=self.features, parametrization=p)
+                        fan_in=self.features, fan_out=self.features, ctx=self.ctx)
       kernel = scaled_standardize(kernel, gain, p.init_std(self.role, fan_in, self.features))
-    conv = self.quant.conv_general_dilated(module_path(self))
-    x_BHWC, kernel = x_BHWC.astype(self.dtype), kernel.astype(self.dtype)
+    conv = self.ctx.quant.conv_general_dilated(module_path(self), self.role)
+    x_BHWC, kernel = x_BHWC.astype(dtype), kernel.astype(dtype)
     op = functools.partial(conv, window_strides=_pair(self.strides), padding=self.padding,
                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
                            **quant_inputs(self, x_BHWC, kernel))
@@ -269,8 +270,8 @@ class Conv(nn.Module):
     y = scaled_op(x_BHWC, kernel, op, *p.op_scales(self.role, fan_in, self.features, batch))
     if self.use_bias:
       bias = make_param(self, "bias", (self.features,), names=self.kernel_axes[-1:], role=BIAS,
-                        fan_in=1, fan_out=self.features, parametrization=p)
-      y = y + scale_param(bias.astype(self.dtype), p.op_scales(BIAS, 1, self.features, batch))
+                        fan_in=1, fan_out=self.features, ctx=self.ctx)
+      y = y + scale_param(bias.astype(dtype), p.op_scales(BIAS, 1, self.features, batch))
     return y
 
 
@@ -281,31 +282,30 @@ class Embed(nn.Module):
   features: int
   role: str = INPUT
   embedding_axes: tuple[str, str] = ("vocab", "embed")
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Dtype = jnp.float32
+  ctx: LayerContext = DEFAULT
 
   def setup(self):
     self.embedding = make_param(
         self, "embedding", (self.num_embeddings, self.features), names=self.embedding_axes,
-        role=self.role, fan_in=self.num_embeddings, fan_out=self.features,
-        parametrization=self.parametrization)
+        role=self.role, fan_in=self.num_embeddings, fan_out=self.features, ctx=self.ctx)
 
   def __call__(self, ids: jax.Array) -> jax.Array:
-    s = self.parametrization.lookup_scales(self.num_embeddings, self.features, ids.size)
+    s = self.ctx.parametrization.lookup_scales(self.num_embeddings, self.features, ids.size)
     if s.out == s.grad_param:
-      x = jnp.take(self.embedding.astype(self.dtype), ids, axis=0)
+      x = jnp.take(self.embedding.astype(self.ctx.dtype), ids, axis=0)
       return scale(x, s.out)
-    table = scale_bwd(self.embedding.astype(self.dtype), s.grad_param)
+    table = scale_bwd(self.embedding.astype(self.ctx.dtype), s.grad_param)
     return scale_fwd(jnp.take(table, ids, axis=0), s.out)
 
   def attend(self, x: jax.Array) -> jax.Array:
-    """Logits x @ table.T, scaled as a READOUT with fan_in = features."""
-    dot_general = self.quant.dot_general(module_path(self))
+    """Logits x @ table.T, scaled as a READOUT with fan_in = features; quantized as the table's
+    role (the tied readout follows the embedding)."""
+    dot_general = self.ctx.quant.dot_general(module_path(self), self.role)
     op = lambda a, w: dot_general(a, w, (((a.ndim - 1,), (1,)), ((), ())))  # noqa: E731
-    s = self.parametrization.op_scales(READOUT, self.features, self.num_embeddings,
-                                       x.size // self.features)
-    return scaled_op(x.astype(self.dtype), self.embedding.astype(self.dtype), op, *s)
+    s = self.ctx.parametrization.op_scales(READOUT, self.features, self.num_embeddings,
+                                           x.size // self.features)
+    dtype = self.ctx.dtype
+    return scaled_op(x.astype(dtype), self.embedding.astype(dtype), op, *s)
 
 
 class PositionEmbedding(nn.Module):
@@ -313,9 +313,7 @@ class PositionEmbedding(nn.Module):
 
   max_len: int
   features: int
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT  # unused (no matmul); kept for the uniform layer interface
-  dtype: Dtype = jnp.float32
+  ctx: LayerContext = DEFAULT
 
   @nn.compact
   def __call__(self, length: int, batch: int = 1) -> jax.Array:
@@ -325,9 +323,9 @@ class PositionEmbedding(nn.Module):
       raise ValueError(f"sequence length {length} > max_len {self.max_len}")
     table = make_param(self, "embedding", (self.max_len, self.features),
                        names=("position", "embed"), role=INPUT, fan_in=self.max_len,
-                       fan_out=self.features, parametrization=self.parametrization)
-    s = self.parametrization.lookup_scales(self.max_len, self.features, batch * self.max_len)
-    return scale_param(table[:length].astype(self.dtype), s)
+                       fan_out=self.features, ctx=self.ctx)
+    s = self.ctx.parametrization.lookup_scales(self.max_len, self.features, batch * self.max_len)
+    return scale_param(table[:length].astype(self.ctx.dtype), s)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -361,19 +359,17 @@ class FeedForward(nn.Module):
   hidden: int
   activation: str = "gelu"
   use_bias: bool = True
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Dtype = jnp.float32
+  ctx: LayerContext = DEFAULT
   init_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype,
-              use_bias=self.use_bias, feature_major=True, init_scale=self.init_scale)
+    kw = dict(ctx=self.ctx, use_bias=self.use_bias, feature_major=True,
+              init_scale=self.init_scale)
     d = x.shape[-1]
     xT = x.reshape(-1, d).T
     hT = Dense(self.hidden, kernel_axes=("embed", "mlp"), name="up", **kw)(xT)
-    hT = apply_activation(self.activation, hT, self.parametrization)
+    hT = apply_activation(self.activation, hT, self.ctx.parametrization)
     yT = Dense(d, kernel_axes=("mlp", "embed"), name="down", **kw)(hT)
     return yT.T.reshape(x.shape[:-1] + (d,))
 

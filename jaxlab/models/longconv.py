@@ -31,17 +31,16 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 import pallas_kernels
 from jaxlab.errors import UserError
+from jaxlab.models.context import DEFAULT, LayerContext
 from jaxlab.models.depthwise import depthwise_conv
 from jaxlab.models.layers import (Dense, Embed, FeedForward, Readout, make_param, scale_param,
                                   split_last)
 from jaxlab.models.norms import norm_class
-from jaxlab.param.base import SP, Parametrization
+from jaxlab.models.size import Sized
 from jaxlab.param.roles import INPUT, NORM
-from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 from pallas_kernels.long_convolution import sgconv
 
 NORMS = ("layernorm", "rmsnorm")
@@ -54,9 +53,7 @@ class ShortConv(nn.Module):
   taps: int = 3
   use_bias: bool = True
   implementation: str | None = None
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT  # unused (not quantized); uniform layer interface
-  dtype: Any = jnp.float32
+  ctx: LayerContext = DEFAULT
 
   @nn.compact
   def __call__(self, x_BLC: jax.Array) -> jax.Array:
@@ -77,27 +74,26 @@ class SGConv(nn.Module):
   kernel_dim: int = 32
   decay: float = 0.5
   implementation: str | None = None  # of pallas_kernels.long_conv
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT  # unused (not quantized); uniform layer interface
-  dtype: Any = jnp.float32
+  ctx: LayerContext = DEFAULT
 
   @nn.compact
   def __call__(self, u_BLC: jax.Array) -> jax.Array:
-    p, d, (_, L, C) = self.parametrization, self.kernel_dim, u_BLC.shape
+    p, d, (_, L, C) = self.ctx.parametrization, self.kernel_dim, u_BLC.shape
+    dtype = self.ctx.dtype
     if L > self.max_len:
       raise ValueError(f"sequence length {L} > max_len {self.max_len}")
     generator = pallas_kernels.SGConvKernel(self.max_len, C, kernel_dim=d, decay=self.decay,
                                             parent=None)
     weights = {f"kernel_{i}": make_param(self, f"kernel_{i}", (d, C), names=("kernel_w", "mlp"),
-                                         role=INPUT, fan_in=d, fan_out=C, parametrization=p)
+                                         role=INPUT, fan_in=d, fan_out=C, ctx=self.ctx)
                for i in range(sgconv.num_scales(self.max_len, d))}
     k_LC = generator.apply({"params": weights})[:L]
-    u_BLC = u_BLC.astype(self.dtype)
-    y = pallas_kernels.long_conv(u_BLC, k_LC.astype(self.dtype),
+    u_BLC = u_BLC.astype(dtype)
+    y = pallas_kernels.long_conv(u_BLC, k_LC.astype(dtype),
                                  implementation=self.implementation)
     skip = make_param(self, "skip", (C,), names=("mlp",), role=NORM, fan_in=C, fan_out=C,
-                      parametrization=p)
-    skip = scale_param(skip.astype(self.dtype), p.op_scales(NORM, C, C, u_BLC.size // C))
+                      ctx=self.ctx)
+    skip = scale_param(skip.astype(dtype), p.op_scales(NORM, C, C, u_BLC.size // C))
     return y + u_BLC * skip
 
 
@@ -110,13 +106,11 @@ class LongConvMixer(nn.Module):
   decay: float = 0.5
   use_bias: bool = False
   implementation: str | None = None
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Any = jnp.float32
+  ctx: LayerContext = DEFAULT
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
-    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
+    kw = dict(ctx=self.ctx)
     D = x_BLD.shape[-1]
     h = Dense(3 * D, use_bias=self.use_bias, kernel_axes=("embed", "mlp"), name="in_proj",
               **kw)(x_BLD)
@@ -148,9 +142,7 @@ class LongConvHparams(nn.Module):
   activation: str = "gelu_tanh"
   use_bias: bool = False
   implementation: str | None = None
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Any = jnp.float32
+  ctx: LayerContext = DEFAULT
 
 
 class LongConvBlock(LongConvHparams):
@@ -160,8 +152,8 @@ class LongConvBlock(LongConvHparams):
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
-    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
-    p, D = self.parametrization, x_BLD.shape[-1]
+    kw = dict(ctx=self.ctx)
+    p, D = self.ctx.parametrization, x_BLD.shape[-1]
     Norm = norm_class(self.norm)
     where = dict(layer=self.layer, num_layers=self.num_layers, branches_per_layer=2)
 
@@ -187,7 +179,7 @@ class _LMSizes(nn.Module):
   d_model: int = 256
 
 
-class LongConvLM(LongConvHparams, _LMSizes):
+class LongConvLM(LongConvHparams, _LMSizes, Sized):
   """Tokens [B, L] -> logits [B, L, vocab_size] (byte-level by default), L <= max_len; the
   call signature of TransformerLM, so the 'lm' task and train loop use it unchanged.
 
@@ -195,6 +187,8 @@ class LongConvLM(LongConvHparams, _LMSizes):
   the short conv; kernel_dim / decay: SGConv's d and alpha; implementation: of both conv
   kernels (None: Pallas on TPU, XLA / FFT elsewhere; "pallas_interpret" in tests).
   """
+
+  WIDTH_KEY, DEPTH_KEY = "d_model", "num_layers"
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, train: bool = False) -> jax.Array:
@@ -204,7 +198,7 @@ class LongConvLM(LongConvHparams, _LMSizes):
     if tokens_BL.shape[1] > self.max_len:
       raise UserError(f"sequence length {tokens_BL.shape[1]} > max_len {self.max_len}: lower "
                       "config.data.seq_len or raise config.model.max_len")
-    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
+    kw = dict(ctx=self.ctx)
     x_BLD = Embed(self.vocab_size, self.d_model, name="embed", **kw)(tokens_BL)
     for i in range(self.num_layers):
       x_BLD = LongConvBlock(**_fields_of(LongConvHparams, self), layer=i,

@@ -4,38 +4,41 @@ The first Dense reads the data (INPUT role), the rest are HIDDEN, the last layer
 (Tensor Programs V, Table 3).
 """
 
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from jaxlab.models.context import DEFAULT, LayerContext
 from jaxlab.models.layers import Dense, Readout, apply_activation
-from jaxlab.param.base import SP, Parametrization
+from jaxlab.models.size import Sized
 from jaxlab.param.roles import HIDDEN, INPUT
-from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 
 
-class MLP(nn.Module):
-  """x [B, ...] (e.g. images B,H,W,C) -> logits [B, num_classes]."""
+class MLP(nn.Module, Sized):
+  """x [B, ...] (e.g. images B,H,W,C) -> logits [B, num_classes]; its width is the first hidden
+  width, its depth the number of hidden layers (no residual blocks)."""
+
+  WIDTH_KEY = "hidden_widths"
 
   hidden_widths: tuple[int, ...]
   num_classes: int
   activation: str = "relu"
   use_bias: bool = True
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Any = jnp.float32
+  ctx: LayerContext = DEFAULT
+
+  @classmethod
+  def depth_of(cls, attrs: Mapping[str, Any]) -> int:
+    return len(cls.attribute(attrs, "hidden_widths"))
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
-    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype,
-              use_bias=self.use_bias)
+    kw = dict(ctx=self.ctx, use_bias=self.use_bias)
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.hidden_widths):
       role, axes = (INPUT, ("input", "mlp")) if i == 0 else (HIDDEN, ("embed", "mlp"))
       x = Dense(width, role=role, kernel_axes=axes, name=f"dense_{i}", **kw)(x)
-      x = apply_activation(self.activation, x, self.parametrization)
+      x = apply_activation(self.activation, x, self.ctx.parametrization)
     in_axis = "embed" if self.hidden_widths else "input"
     return Readout(self.num_classes, kernel_axes=(in_axis, "classes"), name="readout", **kw)(x)

@@ -7,10 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.errors import UserError
-from jaxlab.models.layers import Dtype, make_param, scale_param
-from jaxlab.param.base import SP, Parametrization
+from jaxlab.models.context import DEFAULT, LayerContext
+from jaxlab.models.layers import make_param, scale_param
 from jaxlab.param.roles import BIAS, NORM
-from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 
 
 class _Norm(nn.Module):
@@ -18,22 +17,20 @@ class _Norm(nn.Module):
   use_scale: bool = True
   use_bias: bool = True
   axis_name: str = "embed"
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT  # unused; uniform layer interface
-  dtype: Dtype = jnp.float32
+  ctx: LayerContext = DEFAULT
 
   def _affine(self, y: jax.Array) -> jax.Array:
-    p, d = self.parametrization, y.shape[-1]
+    p, d = self.ctx.parametrization, y.shape[-1]
     batch = y.size // d
     if self.use_scale:
       gain = make_param(self, "scale", (d,), names=(self.axis_name,), role=NORM, fan_in=d,
-                        fan_out=d, parametrization=p)
+                        fan_out=d, ctx=self.ctx)
       y = y * scale_param(gain, p.op_scales(NORM, d, d, batch))
     if self.use_bias:
       bias = make_param(self, "bias", (d,), names=(self.axis_name,), role=BIAS, fan_in=1,
-                        fan_out=d, parametrization=p)
+                        fan_out=d, ctx=self.ctx)
       y = y + scale_param(bias, p.op_scales(BIAS, 1, d, batch))
-    return y.astype(self.dtype)
+    return y.astype(self.ctx.dtype)
 
 
 class LayerNorm(_Norm):
@@ -94,28 +91,24 @@ class ScalarGain(nn.Module):
   multiplier (init 1; Zhang et al. 2019)."""
 
   init_value: float = 1.0
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT  # unused; uniform layer interface
-  dtype: Dtype = jnp.float32
+  ctx: LayerContext = DEFAULT
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    p, v = self.parametrization, self.init_value
-    g = make_param(self, "scale", (), names=(), role=NORM, fan_in=1, fan_out=1,
-                   parametrization=p, init=lambda key, shape, std: jnp.full(shape, v))
-    g = scale_param(g.astype(self.dtype), p.op_scales(NORM, 1, 1, x.size))
+    p, v = self.ctx.parametrization, self.init_value
+    g = make_param(self, "scale", (), names=(), role=NORM, fan_in=1, fan_out=1, ctx=self.ctx,
+                   init=lambda key, shape, std: jnp.full(shape, v))
+    g = scale_param(g.astype(self.ctx.dtype), p.op_scales(NORM, 1, 1, x.size))
     return x * g
 
 
 class ScalarBias(nn.Module):
   """x + b for one learned scalar b (role BIAS, fan 1, init 0): Fixup's scalar biases."""
 
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT  # unused; uniform layer interface
-  dtype: Dtype = jnp.float32
+  ctx: LayerContext = DEFAULT
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    p = self.parametrization
-    b = make_param(self, "bias", (), names=(), role=BIAS, fan_in=1, fan_out=1, parametrization=p)
-    return x + scale_param(b.astype(self.dtype), p.op_scales(BIAS, 1, 1, x.size))
+    p = self.ctx.parametrization
+    b = make_param(self, "bias", (), names=(), role=BIAS, fan_in=1, fan_out=1, ctx=self.ctx)
+    return x + scale_param(b.astype(self.ctx.dtype), p.op_scales(BIAS, 1, 1, x.size))

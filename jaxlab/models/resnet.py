@@ -21,19 +21,17 @@ Depth and variance control (jaxlab.depth.init_schemes), all off by default:
       branch).
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxlab.depth import init_schemes
 from jaxlab.errors import UserError
+from jaxlab.models.context import DEFAULT, LayerContext
 from jaxlab.models.layers import Conv, Readout, scale
 from jaxlab.models.norms import LayerNorm, ScalarBias, ScalarGain
-from jaxlab.param.base import SP, Parametrization
+from jaxlab.models.size import Sized
 from jaxlab.param.roles import INPUT
-from jaxlab.quant.policy import NO_QUANT, QuantPolicy
 
 
 class BasicBlock(nn.Module):
@@ -48,9 +46,7 @@ class BasicBlock(nn.Module):
   features: int
   strides: int = 1
   residual_multiplier: float = 1.0
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Any = jnp.float32
+  ctx: LayerContext = DEFAULT
   norm: str = "layernorm"
   conv: str = "standard"
   init_scales: tuple[float, float] = (1.0, 1.0)
@@ -59,9 +55,9 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
+    kw = dict(ctx=self.ctx)
     cv = dict(use_bias=False, standardize=self.conv == "ws", **kw)
-    norm = lambda name: _norm(self.norm, name, kw)  # noqa: E731
+    norm = lambda name: _norm(self.norm, name, self.ctx)  # noqa: E731
     bias = lambda name: ScalarBias(name=name, **kw) if self.fixup else _identity  # noqa: E731
     s0, s1 = self.init_scales
     x_in = bias("bias_0a")(x_BHWC)
@@ -87,11 +83,11 @@ def _identity(x: jax.Array) -> jax.Array:
   return x
 
 
-def _norm(kind: str, name: str, kw: dict):
+def _norm(kind: str, name: str, ctx: LayerContext):
   """A channel LayerNorm named `name`, or the identity for norm='none'."""
   if kind == "none":
     return _identity
-  return LayerNorm(name=name, axis_name="conv_out", **kw)
+  return LayerNorm(name=name, axis_name="conv_out", ctx=ctx)
 
 
 def _check(m: nn.Module) -> None:
@@ -109,15 +105,16 @@ def _check(m: nn.Module) -> None:
                     "(standardization removes the init scale); use conv='standard'")
 
 
-class ResNet(nn.Module):
-  """Images [B, H, W, C] -> logits [B, num_classes]; stride 2 at the start of stages 2 and 3."""
+class ResNet(nn.Module, Sized):
+  """Images [B, H, W, C] -> logits [B, num_classes]; stride 2 at the start of stages 2 and 3.
+  Its width is `width` (stages 1x/2x/4x of it), its depth 3 * blocks_per_stage."""
+
+  WIDTH_KEY, DEPTH_KEY, DEPTH_FACTOR = "width", "blocks_per_stage", 3
 
   width: int = 16
   blocks_per_stage: int = 2
   num_classes: int = 10
-  parametrization: Parametrization = SP()
-  quant: QuantPolicy = NO_QUANT
-  dtype: Any = jnp.float32
+  ctx: LayerContext = DEFAULT
   norm: str = "layernorm"
   conv: str = "standard"
   init_scheme: str = "default"
@@ -127,16 +124,16 @@ class ResNet(nn.Module):
   def __call__(self, x_BHWC: jax.Array, train: bool = False) -> jax.Array:
     del train
     _check(self)
-    kw = dict(parametrization=self.parametrization, quant=self.quant, dtype=self.dtype)
+    kw = dict(ctx=self.ctx)
     num_blocks = 3 * self.blocks_per_stage
-    r = self.parametrization.residual_multiplier(num_blocks)
+    r = self.ctx.parametrization.residual_multiplier(num_blocks)
     fixup = self.init_scheme == "fixup"
     block_kw = dict(norm=self.norm, conv=self.conv, fixup=fixup, branch_gain=self.branch_gain)
     x = Conv(self.width, 3, role=INPUT, use_bias=False, standardize=self.conv == "ws",
              name="stem", **kw)(x_BHWC)
     if fixup:
       x = ScalarBias(name="stem_bias", **kw)(x)
-    x = jax.nn.relu(_norm(self.norm, "stem_norm", kw)(x))
+    x = jax.nn.relu(_norm(self.norm, "stem_norm", self.ctx)(x))
     for stage, mult in enumerate((1, 2, 4)):
       for b in range(self.blocks_per_stage):
         strides = 2 if stage > 0 and b == 0 else 1

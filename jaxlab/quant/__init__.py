@@ -7,12 +7,12 @@ from jaxlab.quant import fp8, quantizers
 from jaxlab.quant.config import (QUANT_STATE, BinaryFormat, FP8Format, IntFormat, LSQFormat,
                                  QuantConfig, TernaryFormat, quantize_operand,
                                  quantized_conv_general_dilated, quantized_dot_general)
-from jaxlab.quant.policy import FLOAT_LAYERS, NO_QUANT, QuantPolicy, get, names
+from jaxlab.quant.policy import KEEP_FLOAT_ROLES, NO_QUANT, QuantPolicy, get, names
 from jaxlab.quant.quantizers import (binary_fake_quant, int_fake_quant, lsq_fake_quant,
                                      ternary_fake_quant)
 
 __all__ = [
-    "BinaryFormat", "FLOAT_LAYERS", "FP8Format", "IntFormat", "LSQFormat", "NO_QUANT",
+    "BinaryFormat", "FP8Format", "IntFormat", "KEEP_FLOAT_ROLES", "LSQFormat", "NO_QUANT",
     "QUANT_STATE", "QuantConfig", "QuantPolicy", "TernaryFormat", "binary_fake_quant", "fp8", "get",
     "int_fake_quant", "lsq_fake_quant", "names", "quantize_operand",
     "quantized_conv_general_dilated", "quantized_dot_general", "quantizers",

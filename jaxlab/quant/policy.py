@@ -1,10 +1,11 @@
 """Quantization policy: ordered `(module-path regex -> QuantConfig)` rules, as in Qwix.
 
 Layers ask the policy for the `dot_general` / `conv_general_dilated` to use at their module
-path ('dense_1', 'block_0/attn/qkv', 'readout', ...; see `jaxlab.models.layers.module_path`).
-The first rule whose regex matches the whole path decides: its QuantConfig gives the quantized
-op (`jaxlab.quant.config`); a rule mapping to None, or no matching rule, gives the plain
-`jax.lax` op, so an unquantized model traces exactly as before.
+path ('dense_1', 'block_0/attn/qkv', 'readout', ...; see `jaxlab.models.layers.module_path`) for
+a weight of a given parameter role (jaxlab.param.roles). A role in `keep_float_roles` gives the
+plain op; otherwise the first rule whose regex matches the whole path decides: its QuantConfig
+gives the quantized op (`jaxlab.quant.config`); a rule mapping to None, or no matching rule,
+gives the plain `jax.lax` op, so an unquantized model traces exactly as before.
 
 Named policies (`get(name)`):
   fp32, none  no rules;
@@ -24,10 +25,9 @@ Named policies (`get(name)`):
               bias) initialised to 2 mean|x| / sqrt(Q_P) at init time (activations from the
               batch given to init: the train loop passes the first training batch).
 The integer, binary and LSQ policies keep the first layer and the readout in float (the usual QAT
-practice since XNOR-Net and DoReFa): their first rule, FLOAT_LAYERS -> None, matches the layers
-that read the data (MLP 'dense_0', ResNet 'stem', ViT 'patch_embed', LM 'embed', whose `attend`
-is also the tied readout) and 'readout'. Names are those of the top-level models in
-`jaxlab.models`.
+practice since XNOR-Net and DoReFa): keep_float_roles = KEEP_FLOAT_ROLES = (input, readout), the
+weights that read the data (MLP 'dense_0', ResNet / ConvNeXt 'stem', ViT 'patch_embed', LM
+'embed', whose `attend` is also the tied readout) and the readout.
 """
 
 import dataclasses
@@ -37,18 +37,21 @@ from typing import Any, Callable
 import jax
 
 from jaxlab.errors import UserError
+from jaxlab.param.roles import INPUT, READOUT
 from jaxlab.quant.config import (BinaryFormat, FP8Format, IntFormat, LSQFormat, QuantConfig,
                                  quantized_conv_general_dilated, quantized_dot_general)
 
-FLOAT_LAYERS = r"dense_0|stem|patch_embed|embed|readout"
+KEEP_FLOAT_ROLES = (INPUT, READOUT)
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantPolicy:
-  """rules: ((regex, QuantConfig | None), ...), first full match wins; name: for logs."""
+  """rules: ((regex, QuantConfig | None), ...), first full match wins; keep_float_roles:
+  parameter roles whose ops stay float whatever the rules; name: for logs."""
 
   rules: tuple[tuple[str, Any], ...] = ()
   name: str = "fp32"
+  keep_float_roles: tuple[str, ...] = ()
 
   def __post_init__(self):
     for rule in self.rules:
@@ -70,23 +73,27 @@ class QuantPolicy:
     so init should see a real batch rather than a dummy input."""
     return any(c is not None and isinstance(c.activation, LSQFormat) for _, c in self.rules)
 
-  def config_for(self, module_path: str) -> Any | None:
+  def config_for(self, module_path: str, role: str | None = None) -> Any | None:
+    """The QuantConfig for the op of a `role` weight at `module_path`; None: float."""
+    if role in self.keep_float_roles:
+      return None
     for pattern, config in self.rules:
       if re.fullmatch(pattern, module_path):
         return config
     return None
 
-  def dot_general(self, module_path: str, *, weight_operand: str = "rhs") -> Callable:
-    """jax.lax.dot_general, or the quantized one if a rule with a config matches the path.
+  def dot_general(self, module_path: str, role: str | None = None, *,
+                  weight_operand: str = "rhs") -> Callable:
+    """jax.lax.dot_general, or the quantized one if `config_for` gives a config.
     weight_operand='lhs' for layers that compute W^T x (feature-major Dense)."""
-    config = self.config_for(module_path)
+    config = self.config_for(module_path, role)
     if config is None:
       return jax.lax.dot_general
     return quantized_dot_general(config, weight_operand=weight_operand)
 
-  def conv_general_dilated(self, module_path: str) -> Callable:
+  def conv_general_dilated(self, module_path: str, role: str | None = None) -> Callable:
     """jax.lax.conv_general_dilated, or the quantized one (lhs = input, rhs = kernel)."""
-    config = self.config_for(module_path)
+    config = self.config_for(module_path, role)
     if config is None:
       return jax.lax.conv_general_dilated
     return quantized_conv_general_dilated(config)
@@ -94,7 +101,7 @@ class QuantPolicy:
 
 def _integer_policy(name: str, config: QuantConfig) -> QuantPolicy:
   """First layer and readout in float, every other layer with `config`."""
-  return QuantPolicy(rules=((FLOAT_LAYERS, None), (r".*", config)), name=name)
+  return QuantPolicy(rules=((r".*", config),), name=name, keep_float_roles=KEEP_FLOAT_ROLES)
 
 
 _INT8_W = IntFormat(bits=8, granularity="per_channel")

@@ -43,7 +43,8 @@ import numpy as np
 from flax import struct
 
 from jaxlab.param import roles
-from jaxlab.param.meta import ParamMeta, param_info
+from jaxlab.param.meta import ParamInfo, ParamMeta, param_info
+from jaxlab.quant.policy import KEEP_FLOAT_ROLES
 from jaxlab.quant.quantizers import (check_bits, check_choice, compute_dtype, int_bounds,
                                      int_quantize, reduce_axes)
 
@@ -189,6 +190,10 @@ def path_str(path: tuple) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
+def _is_info(x: Any) -> bool:
+  return isinstance(x, ParamInfo)
+
+
 def _has_boxes(tree: Any) -> bool:
   leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
   return any(isinstance(x, ParamMeta) for x in leaves)
@@ -204,7 +209,7 @@ def quantize_params(params: Any, info: Any = None, *, bits: int = 8,
   info=None takes it from ParamMeta boxes in `params`, or, for unboxed params, treats every leaf
   of rank >= 2 as a weight. per_channel = one scale per index of the last axis (the output
   channel). keep_float: a regex; weights whose module path ('dense_0', 'block_0/attn/qkv')
-  matches it fully stay float (e.g. `jaxlab.quant.FLOAT_LAYERS`). Returns unboxed leaves.
+  matches it fully stay float (e.g. `float_layers(info)`). Returns unboxed leaves.
   """
   _check_options(bits, granularity, method, percentile, num_candidates)
   if info is None and _has_boxes(params):
@@ -223,6 +228,17 @@ def quantize_params(params: Any, info: Any = None, *, bits: int = 8,
   if info is None:
     return jax.tree_util.tree_map_with_path(quantize, params)
   return jax.tree_util.tree_map_with_path(quantize, params, info)
+
+
+def float_layers(info: Any, keep_roles: tuple[str, ...] = KEEP_FLOAT_ROLES) -> str:
+  """A keep_float regex matching exactly the module paths of the weights (in a `param_info`
+  tree) whose role is in keep_roles; by default the layers the integer QAT policies keep in
+  float (jaxlab.quant.policy: first layer and readout)."""
+  paths = []
+  for path, meta in jax.tree_util.tree_leaves_with_path(info, is_leaf=_is_info):
+    if meta.role in WEIGHT_ROLES and meta.role in keep_roles:
+      paths.append(path_str(path[:-1]))
+  return "|".join(re.escape(p) for p in sorted(set(paths)))
 
 
 def dequantize(qparams: Any, dtype=jnp.float32) -> Any:

@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxlab import models, optim, param, quant, sharding
 from jaxlab.errors import UserError
+from jaxlab.models.context import dtype_of
 from jaxlab.sharding import rules
 from jaxlab.train import tasks
 from jaxlab.train.state import TrainState
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
 
 
 def build_model(config: "ml_collections.ConfigDict", spec: Any) -> nn.Module:
-  """config.model plus what the data decides (num_classes / vocab_size) -> a Flax module."""
+  """config.model plus what the data decides (num_classes / vocab_size) -> a Flax module whose
+  layer context holds config.parametrization (resolved by models.build), config.quant, and the
+  compute / param dtypes config.dtype / config.param_dtype."""
   model_cfg = dict(config.model.to_dict())
   if spec.task == "classification" and "num_classes" not in model_cfg:
     model_cfg["num_classes"] = spec.num_classes
@@ -34,12 +37,14 @@ def build_model(config: "ml_collections.ConfigDict", spec: Any) -> nn.Module:
   if config.get("zero_readout", False):
     options["zero_readout"] = True
   p = param.get(config.parametrization, **options)
-  p = p.resolve(models.width_of(model_cfg), models.depth_of(model_cfg))
   try:
     policy = quant.get(config.quant)
   except UserError as e:
     raise UserError(f"config.quant={config.quant!r}: {e}") from None
-  return models.build(model_cfg, parametrization=p, quant=policy)
+  return models.build(model_cfg, parametrization=p, quant=policy,
+                      dtype=dtype_of(config.get("dtype", "float32"), "config.dtype"),
+                      param_dtype=dtype_of(config.get("param_dtype", "float32"),
+                                           "config.param_dtype"))
 
 
 def param_info_of(model: nn.Module, example: jax.Array) -> Any:
@@ -53,7 +58,7 @@ def make_tx(config: "ml_collections.ConfigDict", model: nn.Module,
   """config.optim's optimizer followed by the model's parametrization's per-parameter LR scales
   (and, for Adam, its per-parameter epsilon scales)."""
   family = optim.optimizer_family(config.optim.name)
-  p = model.parametrization
+  p = model.ctx.parametrization
   eps = (optim.scale_adam_eps_by_parametrization(p, info)
          if config.optim.name in optim.WITH_EPSILON else None)
   return optax.chain(optim.make_optimizer(config.optim, config.num_steps, before=eps),
@@ -96,7 +101,7 @@ def init_inputs(model: nn.Module, example: jax.Array, train_iter: Any, task: tas
   """What init should see: `example`, or the inputs of the first training batch when the
   model's quantization policy initialises from data (LSQ activation steps). The iterator is
   rewound, so training still starts from that batch."""
-  if not model.quant.needs_data_init:
+  if not model.ctx.quant.needs_data_init:
     return example
   start = train_iter.get_state()
   batch = sharding.shard_batch(next(train_iter), mesh)

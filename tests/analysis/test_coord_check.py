@@ -9,6 +9,7 @@ from jaxlab import data, models, optim, param
 from jaxlab.analysis import coord_check
 from jaxlab.train import tasks
 from jaxlab.train.init import param_info_of
+from jaxlab.models.context import LayerContext
 
 BASE, WIDE = 64, 512
 # At 1e-2 the wide SP net is already unstable (logits x9 at step 1, then collapse); at 1e-3 muP's
@@ -24,7 +25,8 @@ def _batch(data_dir):
 def _build(name):
   def build(width):
     p = param.get(name, base_width=BASE).resolve(width)
-    model = models.MLP(hidden_widths=(width, width), num_classes=10, parametrization=p)
+    model = models.MLP(hidden_widths=(width, width), num_classes=10,
+                       ctx=LayerContext(parametrization=p))
     info = param_info_of(model, np.zeros((1, 28, 28, 1), np.float32))
     return model, optax.chain(optax.adam(LR), optim.scale_by_parametrization(p, info, "adam"))
   return build

@@ -1,6 +1,7 @@
 """Init schemes: LIR stds per block, mimetic attention products, scaled weight standardization,
 ReZero at init, Fixup's zero/rescaled init, and config errors."""
 
+import dataclasses
 import math
 
 import jax
@@ -14,6 +15,8 @@ from jaxlab.errors import UserError
 from jaxlab.param import roles
 from tests.models.fitting import KEY, fit
 
+BLOCK_KEYS = tuple(f.name for f in dataclasses.fields(models.BlockOptions))
+
 TOKENS = np.random.default_rng(0).integers(0, 16, (2, 9))
 IMAGES = np.random.default_rng(1).standard_normal((8, 8, 8, 1)).astype(np.float32)
 LABELS = np.random.default_rng(2).integers(0, 4, 8)
@@ -24,7 +27,10 @@ def _init(model, x):
 
 
 def _lm(**kw):
-  return models.TransformerLM(**(dict(vocab_size=16, max_len=8, num_heads=2) | kw))
+  """A TransformerLM; BlockOptions' keys go into block_options (as in models.build)."""
+  options = models.BlockOptions(**{k: kw.pop(k) for k in BLOCK_KEYS if k in kw})
+  return models.TransformerLM(**(dict(vocab_size=16, max_len=8, num_heads=2) | kw),
+                              block_options=options)
 
 
 def test_lir_init_std_per_block():

@@ -1,6 +1,7 @@
 """Norm placements: the layout table, Mix-LN rounding, DeepNorm constants and init, and every
 placement's TransformerLM against an independent numpy forward pass (hand computation)."""
 
+import dataclasses
 import math
 
 import jax
@@ -12,14 +13,18 @@ from jaxlab.depth import placement
 from jaxlab.errors import UserError
 from tests.models.fitting import KEY, fit
 
+BLOCK_KEYS = tuple(f.name for f in dataclasses.fields(models.BlockOptions))
+
 V, D, H, LAYERS, L = 16, 16, 2, 2, 8
 TOKENS = np.random.default_rng(0).integers(0, V, (2, L + 1))
 
 
 def _lm(**kw):
+  """A TransformerLM; BlockOptions' keys go into block_options (as in models.build)."""
+  options = models.BlockOptions(**{k: kw.pop(k) for k in BLOCK_KEYS if k in kw})
   kw = dict(vocab_size=V, d_model=D, num_layers=LAYERS, num_heads=H, max_len=L,
             positional="learned") | kw
-  return models.TransformerLM(**kw)
+  return models.TransformerLM(**kw, block_options=options)
 
 
 def test_block_norms_table():
@@ -89,7 +94,8 @@ def test_unknown_placement_and_ratio():
 def test_post_ln_block_output_has_unit_rms():
   x = 3.0 * np.random.default_rng(1).standard_normal((2, L, 32)).astype(np.float32) + 1.0
   for kind in ("post", "deepnorm"):
-    block = models.Block(4, num_layers=4, layer=1, norm_placement=kind)
+    block = models.Block(4, num_layers=4, layer=1,
+                         options=models.BlockOptions(norm_placement=kind))
     y = np.asarray(jax.jit(block.init_with_output)(KEY, x)[0])
     np.testing.assert_allclose(np.sqrt(np.mean(y ** 2, axis=-1)), 1.0, atol=1e-4)
     np.testing.assert_allclose(np.mean(y, axis=-1), 0.0, atol=1e-5)

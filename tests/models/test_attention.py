@@ -54,7 +54,8 @@ def test_attention_module_routes_through_pallas_kernels_attention():
   params = lm.init(jax.random.PRNGKey(1), tokens)["params"]
 
   def loss_and_grads(impl):
-    model = transformer.TransformerLM(**kw, attention_impl=impl)
+    model = transformer.TransformerLM(**kw, block_options=transformer.BlockOptions(
+        attention_impl=impl))
     f = lambda p: jnp.mean(model.apply({"params": p}, tokens) ** 2)  # noqa: E731
     return jax.jit(jax.value_and_grad(f))(params)
 
@@ -65,4 +66,5 @@ def test_attention_module_routes_through_pallas_kernels_attention():
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   with pytest.raises(UserError, match="config.model.attention_impl='flash'"):
-    transformer.TransformerLM(**kw, attention_impl="flash").init(jax.random.PRNGKey(1), tokens)
+    flash = transformer.BlockOptions(attention_impl="flash")
+    transformer.TransformerLM(**kw, block_options=flash).init(jax.random.PRNGKey(1), tokens)

@@ -13,6 +13,7 @@ from jaxlab import models, param
 from jaxlab.errors import UserError
 from jaxlab.models.convnext import ConvNeXtBlock, DepthwiseConv2D
 from jaxlab.param import roles
+from jaxlab.models.context import LayerContext
 from tests.models.fitting import KEY, fit
 
 IMAGES = np.random.default_rng(0).standard_normal((16, 8, 8, 1)).astype(np.float32)
@@ -86,7 +87,7 @@ class NoResidual(param.Parametrization):
 def test_residual_multiplier_applied():
   """With every branch multiplied by 0 the blocks' parameters do not matter; under SP they do."""
   kw = dict(widths=(4,), depths=(2,), layer_scale_init=1.0)
-  model = _tiny(parametrization=NoResidual(), **kw)
+  model = _tiny(ctx=LayerContext(parametrization=NoResidual()), **kw)
   x = IMAGES[:4, :4, :4]
   params = param.unbox(model.init(KEY, x))["params"]
   bumped = dict(params, **{k: jax.tree.map(lambda v: v + 1.0, params[k])
@@ -108,7 +109,8 @@ def test_build_and_errors():
                                        kernel_size=5, patch_size=4, num_classes=3))
   assert models.build(cfg) == models.ConvNeXt(widths=(8, 16), depths=(1, 1), kernel_size=5,
                                               patch_size=4, num_classes=3)
-  assert models.width_of(cfg) == 8 and models.depth_of(cfg) == 2
+  assert models.ConvNeXt.width_of(cfg) == 8 and models.ConvNeXt.depth_of(cfg) == 2
+  assert models.ConvNeXt.with_width(cfg, 16) == {"widths": (16, 32)}
   with pytest.raises(UserError, match="equal length"):
     jax.eval_shape(_tiny(depths=(1,)).init, KEY, IMAGES[:1])
   with pytest.raises(UserError, match="not divisible by patch_size"):

@@ -13,6 +13,7 @@ from jaxlab.models import attention, layers, norms
 from jaxlab.models.rope import apply_rope
 from jaxlab.quant.policy import QuantPolicy
 from jaxlab.param import roles
+from jaxlab.models.context import LayerContext
 from tests.models.references import reference
 
 # rbg keys: threefry initialisers take seconds to compile on CPU.
@@ -215,7 +216,8 @@ def test_rope_preserves_norm_and_is_relative():
 def test_forward_multiplier_honoured(module, args, method):
   params = _init(module, *args, method=method)
   base = _apply(module, params, *args, method=method)
-  doubled = _apply(module.clone(parametrization=Doubling()), params, *args, method=method)
+  doubled = _apply(module.clone(ctx=LayerContext(parametrization=Doubling())), params, *args,
+                   method=method)
   assert float(np.abs(base).max()) > 0
   np.testing.assert_allclose(doubled, 2 * base, rtol=1e-5, atol=1e-6)
 
@@ -224,10 +226,10 @@ def test_quant_policy_sees_module_path():
   seen = []
 
   class Spy(QuantPolicy):
-    def dot_general(self, module_path, weight_operand="rhs"):
+    def dot_general(self, module_path, role=None, weight_operand="rhs"):
       seen.append(module_path)
-      return super().dot_general(module_path)
+      return super().dot_general(module_path, role)
 
-  m = attention.Attention(2, quant=Spy())
+  m = attention.Attention(2, ctx=LayerContext(quant=Spy()))
   _init(m, np.ones((1, 3, 4), np.float32))
   assert seen == ["qkv", "out"]

@@ -13,6 +13,7 @@ from jaxlab import models, param
 from jaxlab.errors import UserError
 from jaxlab.models.longconv import LongConvMixer
 from jaxlab.param import roles
+from jaxlab.models.context import LayerContext
 from tests.models.fitting import KEY, fit
 
 V, D, LAYERS, MAX_LEN = 16, 16, 2, 32
@@ -96,7 +97,7 @@ class NoResidual(param.Parametrization):
 
 def test_residual_multiplier_applied():
   """With every branch multiplied by 0 the logits depend on embed / final_norm / readout only."""
-  model = _lm(num_layers=1, parametrization=NoResidual())
+  model = _lm(num_layers=1, ctx=LayerContext(parametrization=NoResidual()))
   tokens = TOKENS[:, :8]
   params = param.unbox(model.init(KEY, tokens)["params"])
   bumped = dict(params, block_0=jax.tree.map(lambda v: v + 1.0, params["block_0"]))
@@ -114,7 +115,7 @@ def test_build_and_errors():
                                        num_layers=LAYERS, max_len=MAX_LEN, kernel_dim=4,
                                        short_taps=4, norm="rmsnorm"))
   assert models.build(cfg) == _lm(short_taps=4, norm="rmsnorm")
-  assert models.width_of(cfg) == D and models.depth_of(cfg) == LAYERS
+  assert models.LongConvLM.width_of(cfg) == D and models.LongConvLM.depth_of(cfg) == LAYERS
   with pytest.raises(UserError, match="config.model.norm='crmsnorm'"):
     jax.eval_shape(_lm(norm="crmsnorm").init, KEY, TOKENS)
 

@@ -11,7 +11,10 @@ import pytest
 from jaxlab import models, param
 from jaxlab.errors import UserError
 from jaxlab.param import roles
+from jaxlab.models.context import LayerContext
 from tests.models.fitting import KEY, fit
+
+BLOCK_KEYS = tuple(f.name for f in dataclasses.fields(models.BlockOptions))
 
 V, D, LAYERS, HEADS = 32, 32, 2, 4
 TOKENS = np.random.default_rng(0).integers(0, V, (4, 17))
@@ -19,8 +22,10 @@ TOKENS = np.random.default_rng(0).integers(0, V, (4, 17))
 
 
 def _lm(**kw):
+  """A TransformerLM; BlockOptions' keys go into block_options (as in models.build)."""
+  options = models.BlockOptions(**{k: kw.pop(k) for k in BLOCK_KEYS if k in kw})
   kw = dict(vocab_size=V, d_model=D, num_layers=LAYERS, num_heads=HEADS, max_len=64) | kw
-  return models.TransformerLM(**kw)
+  return models.TransformerLM(**kw, block_options=options)
 
 
 def _params(model, tokens=TOKENS[:, :-1]):
@@ -102,7 +107,7 @@ class NoResidual(param.Parametrization):
 
 
 def test_residual_multiplier_applied():
-  model = _lm(parametrization=NoResidual(), num_layers=1)
+  model = _lm(ctx=LayerContext(parametrization=NoResidual()), num_layers=1)
   params = jax.tree.map(np.asarray, param.unbox(_params(model)))
   logits = jax.jit(model.apply)({"params": params}, TOKENS[:, :-1])
   x = params["embed"]["embedding"][TOKENS[:, :-1]]

@@ -1,5 +1,7 @@
 """ViT: shapes for both poolings and patch sizes, metadata, and fitting a batch."""
 
+import dataclasses
+
 import jax
 import ml_collections
 import numpy as np
@@ -67,7 +69,7 @@ def test_build_and_errors():
 @pytest.mark.parametrize("placement", ["post", "peri", "mix", "lns", "deepnorm", "none"])
 def test_norm_placements(placement):
   model = models.ViT(patch_size=4, dim=16, depth=2, num_heads=2, num_classes=5,
-                     norm_placement=placement, mix_ratio=0.5)
+                     block_options=models.BlockOptions(norm_placement=placement, mix_ratio=0.5))
   x = np.zeros((2, 8, 8, 1), np.float32)
   variables = jax.eval_shape(model.init, KEY, x)
   assert jax.eval_shape(model.apply, variables, x).shape == (2, 5)
@@ -79,11 +81,13 @@ def test_norm_placements(placement):
 
 
 def test_depth_keys_train_and_errors():
+  options = models.BlockOptions(norm_placement="peri", branch_gain="rezero", init_scheme="lir")
   model = models.ViT(patch_size=4, dim=32, depth=2, num_heads=4, num_classes=4, pool="cls",
-                     norm_placement="peri", branch_gain="rezero", init_scheme="lir")
+                     block_options=options)
   first, last = _fit(model, IMAGES, LABELS, steps=5)
   assert np.isfinite(last) and last < first, (first, last)
-  mimetic = model.clone(attention_init="mimetic")
+  mimetic = model.clone(block_options=dataclasses.replace(options, attention_init="mimetic"))
   assert jax.eval_shape(mimetic.init, KEY, IMAGES)["params"]["block_1"]["attn_gain"] is not None
   with pytest.raises(UserError, match=r"config\.model\.norm_placement 'sandwich'"):
-    jax.eval_shape(models.ViT(norm_placement="sandwich").init, KEY, np.zeros((1, 8, 8, 1)))
+    sandwich = models.BlockOptions(norm_placement="sandwich")
+    jax.eval_shape(models.ViT(block_options=sandwich).init, KEY, np.zeros((1, 8, 8, 1)))

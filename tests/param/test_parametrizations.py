@@ -12,6 +12,7 @@ from jaxlab import models, optim, param
 from jaxlab.errors import UserError
 from jaxlab.param import roles
 from jaxlab.train.init import param_info_of
+from jaxlab.models.context import LayerContext
 
 FANS = {roles.INPUT: (784, 256), roles.HIDDEN: (256, 1024), roles.READOUT: (256, 10),
         roles.BIAS: (1, 256), roles.NORM: (256, 256)}
@@ -51,7 +52,7 @@ def test_mup_table_at_width_multiplier_4():
 
 def test_scale_by_parametrization_scales_each_update_by_its_role():
   p = param.get("mup", base_width=16).resolve(64)
-  model = models.MLP(hidden_widths=(64, 64), num_classes=10, parametrization=p)
+  model = models.MLP(hidden_widths=(64, 64), num_classes=10, ctx=LayerContext(parametrization=p))
   info = param_info_of(model, np.zeros((1, 8, 8, 1), np.float32))
   tx = optim.scale_by_parametrization(p, info, "adam")
   ones = jax.tree.map(lambda i: jnp.ones(()), info, is_leaf=lambda x: isinstance(x, param.ParamInfo))
@@ -67,9 +68,11 @@ def test_scale_by_parametrization_scales_each_update_by_its_role():
 @pytest.mark.parametrize("cfg,width", [({"name": "mlp", "hidden_widths": (128, 128)}, 128),
                                        ({"name": "resnet", "width": 32}, 32),
                                        ({"name": "vit", "dim": 96}, 96),
-                                       ({"name": "transformer"}, 256)])
+                                       ({"name": "transformer"}, 256),
+                                       ({"name": "convnext", "widths": (8, 16)}, 8),
+                                       ({"name": "longconv", "d_model": 48}, 48)])
 def test_width_of_each_model(cfg, width):
-  assert models.width_of(ml_collections.ConfigDict(cfg)) == width
+  assert models.MODELS[cfg["name"]].width_of(ml_collections.ConfigDict(cfg)) == width
 
 
 def test_unknown_option_is_named():
@@ -96,10 +99,19 @@ def test_depth_mup_table(name, alpha):
 
 
 def test_depth_of_each_model():
-  assert models.depth_of(ml_collections.ConfigDict({"name": "transformer", "num_layers": 6})) == 6
-  assert models.depth_of(ml_collections.ConfigDict({"name": "vit"})) == 2
-  assert models.depth_of(ml_collections.ConfigDict({"name": "resnet", "blocks_per_stage": 3})) == 9
-  assert models.depth_of(ml_collections.ConfigDict({"name": "mlp", "hidden_widths": (8, 8)})) == 2
+  M = models.MODELS
+  assert M["transformer"].depth_of(ml_collections.ConfigDict({"num_layers": 6})) == 6
+  assert M["vit"].depth_of({}) == 2
+  assert M["resnet"].depth_of(ml_collections.ConfigDict({"blocks_per_stage": 3})) == 9
+  assert M["mlp"].depth_of(ml_collections.ConfigDict({"hidden_widths": (8, 8)})) == 2
+  assert M["convnext"].depth_of({"depths": (2, 3)}) == 5 and M["longconv"].depth_of({}) == 4
+
+
+def test_build_resolves_the_parametrization_at_the_models_size():
+  model = models.build({"name": "resnet", "width": 32, "blocks_per_stage": 3},
+                       parametrization=param.get("mup", base_width=16))
+  assert (model.ctx.parametrization.width, model.ctx.parametrization.depth) == (32, 9)
+  assert models.build({"name": "resnet"}).ctx.parametrization == param.SP()
 
 
 def test_depth_mup_lm_at_base_equals_sp_and_scales_branches_when_deeper():
@@ -121,7 +133,7 @@ def test_depth_mup_lm_at_base_equals_sp_and_scales_branches_when_deeper():
     outs[name] = np.asarray(model.apply(variables, tokens))
   np.testing.assert_array_equal(outs["sp"], outs["depth_mup"])
   c.model.num_layers = 8
-  assert build_model(c, spec).parametrization.residual_multiplier(8) == 0.5
+  assert build_model(c, spec).ctx.parametrization.residual_multiplier(8) == 0.5
 
 
 def test_ntk_table_and_sp_at_base_width():
@@ -169,7 +181,7 @@ def test_adam_eps_scaling_equals_adam_with_a_per_parameter_epsilon():
   """chain(scale_adam_eps_by_parametrization, adam(eps)) == plain-jnp Adam with eps * s_i."""
   import optax
   p = param.get("depth_mup", base_width=16, base_depth=1).resolve(64, 4)
-  model = models.MLP(hidden_widths=(64, 64), num_classes=10, parametrization=p)
+  model = models.MLP(hidden_widths=(64, 64), num_classes=10, ctx=LayerContext(parametrization=p))
   info = param_info_of(model, np.zeros((1, 8, 8, 1), np.float32))
   eps, lr, b1, b2 = 1e-3, 1e-2, 0.9, 0.999  # a large eps so that it matters
   tx = optax.chain(optim.scale_adam_eps_by_parametrization(p, info),

@@ -15,6 +15,7 @@ from jaxlab.models import attention, layers, norms
 from jaxlab.param import roles
 from jaxlab.param.unit_scaling import gaussian_rms, scale_bwd, scale_fwd, scaled_op
 from jaxlab.train import tasks
+from jaxlab.models.context import LayerContext
 
 TOL = 0.1
 
@@ -39,6 +40,7 @@ def assert_unit(value, what):
 
 
 UMUP = param.get("umup").resolve(256, 4)
+UMUP_CTX = LayerContext(parametrization=UMUP)
 X = jax.random.normal(jax.random.PRNGKey(7), (8, 64, 256))
 
 
@@ -84,7 +86,7 @@ def test_gaussian_rms_matches_closed_forms():
 
 @pytest.mark.parametrize("fan_out", [256, 1024])
 def test_hidden_dense_is_unit_scaled(fan_out):
-  y, gx, gw = unit_stats(layers.Dense(fan_out, parametrization=UMUP), X)
+  y, gx, gw = unit_stats(layers.Dense(fan_out, ctx=UMUP_CTX), X)
   assert_unit(y, "output")
   assert_unit(gw["kernel"], "kernel gradient")
   assert_unit(gw["bias"], "bias gradient")
@@ -93,7 +95,7 @@ def test_hidden_dense_is_unit_scaled(fan_out):
 
 
 def test_readout_has_unit_gradients_and_the_mup_output_scale():
-  y, gx, gw = unit_stats(layers.Readout(256, use_bias=False, parametrization=UMUP), X)
+  y, gx, gw = unit_stats(layers.Readout(256, use_bias=False, ctx=UMUP_CTX), X)
   assert_unit(gx, "input gradient")
   assert_unit(gw["kernel"], "kernel gradient")
   assert y == pytest.approx(1 / math.sqrt(256), rel=TOL)  # 1/fan_in forward: logits ~0 at init
@@ -101,7 +103,7 @@ def test_readout_has_unit_gradients_and_the_mup_output_scale():
 
 def test_embedding_lookup_is_unit_scaled():
   ids = jax.random.randint(jax.random.PRNGKey(3), (8, 64), 0, 256)
-  y, _, gw = unit_stats(layers.Embed(256, 256, parametrization=UMUP), ids)
+  y, _, gw = unit_stats(layers.Embed(256, 256, ctx=UMUP_CTX), ids)
   assert_unit(y, "output")
   assert_unit(gw["embedding"], "table gradient")
 
@@ -116,7 +118,7 @@ def test_activation_is_unit_scaled(name):
 
 @pytest.mark.parametrize("name", ["layernorm", "rmsnorm"])
 def test_norm_is_unit_scaled(name):
-  y, gx, gp = unit_stats(norms.norm_class(name)(parametrization=UMUP), X)
+  y, gx, gp = unit_stats(norms.norm_class(name)(ctx=UMUP_CTX), X)
   assert_unit(y, "output")
   assert_unit(gx, "input gradient")
   for path, g in gp.items():
@@ -125,7 +127,7 @@ def test_norm_is_unit_scaled(name):
 
 def test_feed_forward_is_unit_scaled():
   y, gx, gp = unit_stats(layers.FeedForward(1024, activation="gelu_tanh", use_bias=False,
-                                            parametrization=UMUP), X)
+                                            ctx=UMUP_CTX), X)
   assert_unit(y, "output")
   assert_unit(gx, "input gradient")  # up (x2) and down (x1/2) cancel
   assert gp["up/kernel"] == pytest.approx(0.5, rel=TOL)  # its cotangent is down's grad_in (1/2)
@@ -135,14 +137,14 @@ def test_feed_forward_is_unit_scaled():
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_is_unit_scaled(causal):
   y, gx, gp = unit_stats(attention.Attention(4, causal=causal, use_bias=False,
-                                          parametrization=UMUP), X)
+                                          ctx=UMUP_CTX), X)
   assert_unit(y, "output")
   assert_unit(gx, "input gradient")
   assert_unit(gp["out/kernel"], "out kernel gradient")
 
 
 def test_transformer_block_is_unit_scaled():
-  block = models.transformer.Block(4, num_layers=4, layer=2, use_bias=False, parametrization=UMUP)
+  block = models.transformer.Block(4, num_layers=4, layer=2, use_bias=False, ctx=UMUP_CTX)
   y, gx, _ = unit_stats(block, X)
   assert_unit(y, "output")
   assert_unit(gx, "input gradient")
@@ -182,11 +184,11 @@ def test_umup_lm_trains():
   tokens = jax.random.randint(jax.random.PRNGKey(0), (4, 33), 0, 16)
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
   lm = models.TransformerLM(vocab_size=16, d_model=64, num_layers=2, num_heads=2,
-                            parametrization=p.resolve(64, 2))
+                            ctx=LayerContext(parametrization=p.resolve(64, 2)))
   boxed = lm.init(jax.random.PRNGKey(0), batch["inputs"])["params"]
   params = param.unbox(boxed)
   tx = optax.chain(optax.adam(2.0**-4),
-                   optim.scale_by_parametrization(lm.parametrization, param.param_info(boxed)))
+                   optim.scale_by_parametrization(lm.ctx.parametrization, param.param_info(boxed)))
 
   def loss_fn(q):
     return tasks.LM.loss(lm.apply({"params": q}, batch["inputs"]), batch)

@@ -16,6 +16,7 @@ from jaxlab.param import roles
 from jaxlab.quant import LSQFormat, QuantConfig, QuantPolicy
 from jaxlab.train import step as step_lib, tasks
 from jaxlab.train.init import init_state
+from jaxlab.models.context import LayerContext
 
 RNG = np.random.default_rng(0)
 LSQ = QuantPolicy(rules=((r".*", QuantConfig(weight=LSQFormat(4), activation=LSQFormat(8))),),
@@ -30,7 +31,7 @@ def np_lsq(v, s, bits):
 @pytest.mark.parametrize("feature_major", [False, True])
 def test_dense_lsq_steps_init_from_the_init_input(feature_major):
   x = (RNG.standard_normal((6, 5)) * 3).astype(np.float32)  # [tokens, fan_in] or [fan_in, N]
-  dense = layers.Dense(4, feature_major=feature_major, quant=LSQ)
+  dense = layers.Dense(4, feature_major=feature_major, ctx=LayerContext(quant=LSQ))
   v = dense.init(jax.random.PRNGKey(0), x)
   info = param.param_info(v["params"])
   p = param.unbox(v["params"])
@@ -52,14 +53,14 @@ def test_dense_lsq_steps_init_from_the_init_input(feature_major):
 
 
 def test_zero_init_input_falls_back_to_unit_mean_abs():
-  dense = layers.Dense(3, quant=LSQ)
+  dense = layers.Dense(3, ctx=LayerContext(quant=LSQ))
   p = param.unbox(dense.init(jax.random.PRNGKey(0), jnp.zeros((2, 5)))["params"])
   np.testing.assert_allclose(p["activation_step"], 2 / math.sqrt(127), rtol=1e-6)
 
 
 def test_conv_lsq_steps_receive_gradients():
   x = RNG.standard_normal((2, 5, 5, 3)).astype(np.float32)
-  conv = layers.Conv(4, 3, quant=LSQ)
+  conv = layers.Conv(4, 3, ctx=LayerContext(quant=LSQ))
   p = param.unbox(jax.jit(conv.init)(jax.random.PRNGKey(0), x)["params"])
   np.testing.assert_allclose(p["activation_step"], 2 * np.abs(x).mean() / math.sqrt(127),
                              rtol=1e-6)
@@ -74,7 +75,8 @@ def test_named_policies():
   cfg = lsq.config_for("dense_1")
   assert cfg.lsq_roles == ("weight", "activation") and (cfg.weight.bits,
                                                         cfg.activation.bits) == (4, 8)
-  assert lsq.config_for("dense_0") is None and lsq.config_for("readout") is None
+  assert lsq.config_for("dense_0", roles.INPUT) is None
+  assert lsq.config_for("readout", roles.READOUT) is None
 
 
 def test_lsq_w4a8_mlp_trains():
@@ -83,7 +85,8 @@ def test_lsq_w4a8_mlp_trains():
   labels = np.arange(96) % 3
   x = centers[labels] + 0.5 * RNG.standard_normal((96, 10)).astype(np.float32)
   batch = {"image": x, "label": labels}
-  model = models.MLP(hidden_widths=(32, 32), num_classes=3, quant=quant.get("lsq_w4a8"))
+  model = models.MLP(hidden_widths=(32, 32), num_classes=3,
+                     ctx=LayerContext(quant=quant.get("lsq_w4a8")))
   tx = optax.adam(3e-3)
   mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}))
   state, _ = init_state(model, tx, jnp.asarray(x), 0, mesh)

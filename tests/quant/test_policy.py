@@ -1,6 +1,8 @@
 """QuantConfig, the quantized dot_general / conv (exact against integer ops, quantized
 cotangents), and the named policies that layers obey."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +11,11 @@ import pytest
 from jaxlab import models, param, quant
 from jaxlab.errors import UserError
 from jaxlab.models import layers
+from jaxlab.param import roles
 from jaxlab.quant import (BinaryFormat, FP8Format, IntFormat, LSQFormat, QuantConfig,
                           QuantPolicy, TernaryFormat)
 from jaxlab.quant.config import quantized_conv_general_dilated, quantized_dot_general
+from jaxlab.models.context import LayerContext
 from tests.quant.test_fp8 import NP_DTYPES
 from tests.quant.test_quantizers import np_int_fake_quant
 
@@ -240,14 +244,45 @@ INNER = ("dense_1", "dense_10", "block_0/attn/qkv", "block_3/mlp/down", "stage_0
 
 @pytest.mark.parametrize("name", ["int8", "int4_w", "w4a8", "binary_w"])
 def test_integer_policies_keep_first_and_readout_in_float(name):
+  """Input- and readout-role weights stay float wherever they sit; hidden ones are quantized."""
   p = quant.get(name)
-  for path in FIRST_AND_READOUT:
-    assert p.dot_general(path) is jax.lax.dot_general, path
-    assert p.conv_general_dilated(path) is jax.lax.conv_general_dilated, path
-  for path in INNER:
-    assert p.dot_general(path) is not jax.lax.dot_general, path
-    assert p.conv_general_dilated(path) is not jax.lax.conv_general_dilated, path
-    assert p.config_for(path) is not None
+  for path in FIRST_AND_READOUT + INNER:
+    for role in (roles.INPUT, roles.READOUT):
+      assert p.dot_general(path, role) is jax.lax.dot_general, path
+      assert p.conv_general_dilated(path, role) is jax.lax.conv_general_dilated, path
+    assert p.dot_general(path, roles.HIDDEN) is not jax.lax.dot_general, path
+    assert p.conv_general_dilated(path, roles.HIDDEN) is not jax.lax.conv_general_dilated, path
+    assert p.config_for(path, roles.HIDDEN) is not None
+
+
+# The module-path rule the role rule replaced, on the models' own layer names.
+PATH_RULE = r"dense_0|stem|patch_embed|embed|readout"
+TOKENS = np.zeros((1, 8), np.int32)
+IMAGE = np.zeros((1, 8, 8, 1), np.float32)
+
+
+@pytest.mark.parametrize("cfg,x", [
+    (dict(name="mlp", hidden_widths=(8, 8), num_classes=3), IMAGE),
+    (dict(name="resnet", width=4, blocks_per_stage=1), IMAGE),
+    (dict(name="vit", dim=8, depth=1, num_heads=2), IMAGE),
+    (dict(name="convnext", widths=(4, 8), depths=(1, 1), kernel_size=3), IMAGE),
+    (dict(name="transformer", d_model=8, num_layers=1, num_heads=2, max_len=8), TOKENS),
+    (dict(name="transformer", d_model=8, num_layers=1, num_heads=2, max_len=8,
+          tie_embeddings=True, positional="learned"), TOKENS),
+    (dict(name="longconv", d_model=8, num_layers=1, max_len=8, kernel_dim=4), TOKENS)])
+def test_role_rule_keeps_the_same_layers_float_as_the_path_rule(cfg, x):
+  asked = {}
+
+  class Spy(QuantPolicy):
+    def config_for(self, module_path, role=None):
+      config = super().config_for(module_path, role)
+      asked[module_path] = config is None
+      return config
+
+  int8 = quant.get("int8")
+  spy = Spy(rules=int8.rules, name="spy", keep_float_roles=int8.keep_float_roles)
+  jax.eval_shape(models.build(cfg, quant=spy).init, KEY, x)
+  assert asked and asked == {path: bool(re.fullmatch(PATH_RULE, path)) for path in asked}
 
 
 def test_fp8_policy_everywhere():
@@ -282,7 +317,7 @@ def test_policy_rule_order_and_errors():
 
 def test_dense_under_int8_equals_manual_fake_quant():
   x = RNG.standard_normal((2, 3, 6)).astype(np.float32)
-  m = layers.Dense(5, quant=quant.get("int8"))
+  m = layers.Dense(5, ctx=LayerContext(quant=quant.get("int8")))
   p = param.unbox(jax.jit(m.init)(KEY, x))["params"]
   kernel, bias = np.asarray(p["kernel"]), np.asarray(p["bias"]) + 0.1
   y = m.apply({"params": {"kernel": kernel, "bias": bias}}, x)
@@ -294,7 +329,7 @@ def test_dense_under_int8_equals_manual_fake_quant():
 
 def test_mlp_under_int8_first_and_readout_float():
   x = RNG.standard_normal((4, 6)).astype(np.float32)
-  model = models.MLP(hidden_widths=(8, 7), num_classes=3, quant=quant.get("int8"))
+  model = models.MLP(hidden_widths=(8, 7), num_classes=3, ctx=LayerContext(quant=quant.get("int8")))
   p = param.unbox(jax.jit(model.init)(KEY, x))["params"]
   y = np.asarray(jax.jit(model.apply)({"params": p}, x))
   W = {k: (np.asarray(v["kernel"]), np.asarray(v["bias"])) for k, v in p.items()}
@@ -315,7 +350,7 @@ def test_named_policies_train_a_tiny_mlp_and_conv(name):
   def run(v_mlp, v_conv):
     out = {}
     for key, m, v in (("mlp", mlp, v_mlp), ("conv", conv, v_conv)):
-      q = m.clone(quant=quant.get(name))
+      q = m.clone(ctx=LayerContext(quant=quant.get(name)))
       out[key] = (q.apply(v, x), m.apply(v, x),
                   jax.grad(lambda v: jnp.sum(jnp.sin(q.apply(v, x))))(v))
     return out
@@ -329,7 +364,8 @@ def test_named_policies_train_a_tiny_mlp_and_conv(name):
 
 def test_feature_major_dense_quantizes_its_kernel():
   x = RNG.standard_normal((6, 4)).astype(np.float32)  # [fan_in, tokens]
-  m = layers.Dense(3, feature_major=True, use_bias=False, quant=quant.get("int4_w"))
+  m = layers.Dense(3, feature_major=True, use_bias=False,
+                   ctx=LayerContext(quant=quant.get("int4_w")))
   p = param.unbox(m.init(KEY, x))["params"]
   qw, *_ = np_int_fake_quant(np.asarray(p["kernel"]), 4, True, (0,))
   np.testing.assert_allclose(m.apply({"params": p}, x), qw.T @ x, rtol=1e-5, atol=1e-6)

@@ -168,7 +168,9 @@ def test_int8_per_channel_weights_on_the_integer_grid(mlp):
 
 def test_roles_and_keep_float_choose_the_quantized_leaves(mlp):
   no_info = ptq.quantize_params(mlp.params, bits=8)  # unboxed, no info: rank >= 2 leaves
-  with_info = ptq.quantize_params(mlp.params, mlp.info, bits=8, keep_float=r"dense_0|readout")
+  assert ptq.float_layers(mlp.info) == "dense_0|readout"  # the input- and readout-role weights
+  with_info = ptq.quantize_params(mlp.params, mlp.info, bits=8,
+                                  keep_float=ptq.float_layers(mlp.info))
   for name in ("dense_0", "dense_1", "readout"):
     assert isinstance(no_info[name]["kernel"], ptq.QuantizedTensor)
     assert not isinstance(no_info[name]["bias"], ptq.QuantizedTensor)

@@ -14,6 +14,7 @@ from jaxlab.models import layers
 from jaxlab.quant import FP8Format, QuantConfig, QuantPolicy, fp8
 from jaxlab.train import checkpoint, step as step_lib, tasks
 from jaxlab.train.init import init_state
+from jaxlab.models.context import LayerContext
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((16, 6)).astype(np.float32)
@@ -32,7 +33,8 @@ def policy(history_length=H):
 
 
 def mlp(quant_policy=None):
-  return models.MLP(hidden_widths=(16, 16), num_classes=3, quant=quant_policy or policy())
+  return models.MLP(hidden_widths=(16, 16), num_classes=3,
+                    ctx=LayerContext(quant=quant_policy or policy()))
 
 
 def fresh_state(model):
@@ -119,7 +121,7 @@ def test_checkpoint_restores_histories_and_next_loss(tmp_path):
 def test_quantized_values_use_the_history_scale():
   """Forward operands and the output cotangent are quantized with scale_from_history of their
   own histories (not the current amax); the probes' cotangents are this call's amaxes."""
-  dense = layers.Dense(5, quant=policy())
+  dense = layers.Dense(5, ctx=LayerContext(quant=policy()))
   x = jnp.asarray(RNG.standard_normal((4, 6)), jnp.float32)
   v = dense.init(jax.random.PRNGKey(0), x)
   params = param.unbox(v["params"])
@@ -151,7 +153,7 @@ def test_quantized_values_use_the_history_scale():
 
 
 def test_conv_keeps_histories_too():
-  conv = layers.Conv(4, 3, quant=policy())
+  conv = layers.Conv(4, 3, ctx=LayerContext(quant=policy()))
   x = jnp.asarray(RNG.standard_normal((2, 5, 5, 3)), jnp.float32)
   v = conv.init(jax.random.PRNGKey(0), x)
   assert set(v[quant.QUANT_STATE]) == {"weight", "activation", "gradient"}
