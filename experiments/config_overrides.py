@@ -52,10 +52,10 @@ def bad_override(argv: Sequence[str], config: ml_collections.ConfigDict, path: s
     node = config
     for i, part in enumerate(key.split(".")):
       if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        parent = ".".join(key.split(".")[:i]) or "<top level>"
+        prefix = ".".join([flag, *key.split(".")[:i]])
         valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        return (f"unknown config key {key!r} in {arg!r} for --{flag}={path}; "
-                f"valid keys under {parent}: {', '.join(valid)}")
+        return (f"unknown config key {key!r} in {arg!r} for --{flag}={path}; valid keys: "
+                f"{', '.join(f'{prefix}.{k}' for k in valid)}")
       node = node[part]
     if isinstance(node, tuple) and value is not None:
       message = _tuple_override_error(key, value, node)

@@ -32,7 +32,8 @@ _PARAMS = flags.DEFINE_list("parametrizations", ["sp", "mup"], "jaxlab.param nam
 _STEPS = flags.DEFINE_integer("steps", 3, "training steps (activations recorded before each)")
 _LR = flags.DEFINE_float("lr", 0.0, "constant learning rate (0 = config.optim.learning_rate)")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "batch size (0 = config.batch_size)")
-_ZERO_READOUT = flags.DEFINE_bool("zero_readout", False, "muP: zero-initialised readout")
+_ZERO_READOUT = flags.DEFINE_bool("zero_readout", False, "zero-initialised readout, for the "
+                                   "parametrizations that take it (jaxlab.param.options)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -51,7 +51,8 @@ _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 0,
                                    "examples in the final eval batch (0 = config.eval_batch_size)")
 _TIME = flags.DEFINE_bool("time_sequential", True, "also time the first width's LRs one by one")
 _BASE = flags.DEFINE_integer("base_width", 128, "base width of the width-aware parametrizations")
-_ZERO_READOUT = flags.DEFINE_bool("zero_readout", False, "muP: zero-initialised readout")
+_ZERO_READOUT = flags.DEFINE_bool("zero_readout", False, "zero-initialised readout, for the "
+                                   "parametrizations that take it (jaxlab.param.options)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

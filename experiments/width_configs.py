@@ -3,7 +3,7 @@ and depth sweeps); which keys set a model's width and depth, its class says (mod
 
 import ml_collections
 
-from jaxlab import models
+from jaxlab import models, param
 
 
 def _model_class(c: ml_collections.ConfigDict):
@@ -13,13 +13,22 @@ def _model_class(c: ml_collections.ConfigDict):
   return models.MODELS[c.model.name]
 
 
+def _param_block(name: str, *, base_width: int, base_depth: int,
+                 zero_readout: bool) -> ml_collections.ConfigDict:
+  """config.param for parametrization `name`; zero_readout applies where `name` takes it."""
+  block = {"name": name, "base_width": base_width, "base_depth": base_depth}
+  if zero_readout and "zero_readout" in param.options(name):
+    block["zero_readout"] = True
+  return ml_collections.ConfigDict(block)
+
+
 def config_at(config: ml_collections.ConfigDict, parametrization: str, width: int, *,
               base_width: int, zero_readout: bool = False) -> ml_collections.ConfigDict:
   """Copy of `config` whose model has the given width (every hidden width for the MLP)."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.model.update(_model_class(c).with_width(c.model, width))
-  c.parametrization, c.base_width = parametrization, base_width
-  c.zero_readout = zero_readout and parametrization == "mup"
+  c.param = _param_block(parametrization, base_width=base_width,
+                         base_depth=c.param.base_depth, zero_readout=zero_readout)
   return c
 
 
@@ -35,6 +44,6 @@ def config_at_depth(config: ml_collections.ConfigDict, parametrization: str, dep
     raise ValueError(f"depth sweeps need a residual model ({', '.join(residual)}); "
                      f"config.model.name={c.model.name!r}")
   c.model.update(cls.with_depth(c.model, depth))
-  c.parametrization, c.base_width, c.base_depth = parametrization, base_width, base_depth
-  c.zero_readout = zero_readout and parametrization in ("mup", "depth_mup", "completep")
+  c.param = _param_block(parametrization, base_width=base_width, base_depth=base_depth,
+                         zero_readout=zero_readout)
   return c

@@ -6,10 +6,11 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.parametrization = "sp"  # sp | ntk | sp_perlayer | mup | depth_mup | completep | umup
-  c.base_width = 0  # width of the base model for width-aware parametrizations; 0 = this model
-  c.zero_readout = False  # muP option: readout initialised to exactly 0
-  c.base_depth = 0  # depth_mup / completep: residual blocks of the base model; 0 = this model
+  # the parametrization: jaxlab.param.get(**c.param). name: sp | ntk | sp_perlayer | mup |
+  # depth_mup | completep | umup; base_width / base_depth: width and residual blocks of the base
+  # model (0 = this model); any further key is an option of that parametrization's class (e.g.
+  # zero_readout for mup / depth_mup / completep: jaxlab.param.options(name))
+  c.param = ml_collections.ConfigDict({"name": "sp", "base_width": 0, "base_depth": 0})
   # quantization policy (jaxlab.quant.names()): fp32 | int8 | int4_w | w4a8 | binary_w | fp8 |
   # fp8_delayed (amax histories in TrainState.extra) | lsq_w4a8 (learned steps)
   c.quant = "fp32"

@@ -3,5 +3,5 @@
 from jaxlab.param import roles
 from jaxlab.param.base import NTK, SP, DepthMuP, MuP, OpScales, Parametrization, PerLayerSP
 from jaxlab.param.meta import ParamInfo, ParamMeta, param_info, unbox
-from jaxlab.param.registry import NAMES, get
+from jaxlab.param.registry import NAMES, get, options
 from jaxlab.param.umup import UMuP

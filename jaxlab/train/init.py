@@ -24,19 +24,14 @@ if TYPE_CHECKING:
 
 def build_model(config: "ml_collections.ConfigDict", spec: Any) -> nn.Module:
   """config.model plus what the data decides (num_classes / vocab_size) -> a Flax module whose
-  layer context holds config.parametrization (resolved by models.build), config.quant, and the
+  layer context holds config.param's parametrization (resolved by models.build), config.quant, and the
   compute / param dtypes config.dtype / config.param_dtype."""
   model_cfg = dict(config.model.to_dict())
   if spec.task == "classification" and "num_classes" not in model_cfg:
     model_cfg["num_classes"] = spec.num_classes
   if spec.task == "lm" and "vocab_size" not in model_cfg:
     model_cfg["vocab_size"] = spec.vocab_size
-  options = {"base_width": int(config.get("base_width", 0))}
-  if config.get("base_depth", 0):
-    options["base_depth"] = int(config.base_depth)
-  if config.get("zero_readout", False):
-    options["zero_readout"] = True
-  p = param.get(config.parametrization, **options)
+  p = param.get(**config.param)
   try:
     policy = quant.get(config.quant)
   except UserError as e:

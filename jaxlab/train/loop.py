@@ -163,10 +163,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise UserError(f"config.divergence.factor={factor} must be 0 (off) or a finite number > 1")
   if not (isinstance(patience, int) and patience >= 1):
     raise UserError(f"config.divergence.patience={patience} must be a positive integer")
-  name = config.get("parametrization", "sp")
-  if name not in param_lib.NAMES:
-    raise UserError(f"config.parametrization={name!r} is unknown; valid: "
-                    f"{', '.join(param_lib.NAMES)}")
+  param_lib.get(**config.param)  # an unknown name or option stops us before data
   warmup, num_steps = int(config.optim.get("warmup_steps", 0)), int(config.num_steps)
   if not 0 <= warmup <= num_steps:
     raise UserError(f"config.optim.warmup_steps={warmup} must lie in [0, config.num_steps="

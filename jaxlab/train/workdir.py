@@ -16,7 +16,7 @@ checkpoint. Keys are dotted paths ("optim.learning_rate"). Three kinds:
   num_steps     may be raised silently (the common "train longer"). It sets the length of the LR
                 schedule, so the change is versioned and marked like an allowed one; lowering it
                 needs --allow_config_change=num_steps.
-  anything else (model.*, parametrization and its options, quant, optim.*, data.*, seed,
+  anything else (model.*, param.* (the parametrization), quant, optim.*, data.*, seed,
                 batch_size, eval_split / eval_max_batches, keys added or removed): a change stops
                 the run with a ConfigDriftError listing `key: old -> new`, unless the key (or a
                 parent, e.g. "optim") is in allow_config_change.

@@ -75,9 +75,27 @@ def test_width_of_each_model(cfg, width):
   assert models.MODELS[cfg["name"]].width_of(ml_collections.ConfigDict(cfg)) == width
 
 
-def test_unknown_option_is_named():
-  with pytest.raises(UserError, match=r"parametrization 'sp' has no option\(s\) \['zero_readout'\]"):
+def test_unknown_option_is_named_with_the_options_taken():
+  with pytest.raises(UserError, match=r"^config.param.zero_readout: parametrization 'sp' takes no "
+                     r"option 'zero_readout'; its options: base_width, base_depth$"):
     param.get("sp", zero_readout=True)
+  with pytest.raises(UserError, match=r"config.param.name='bogus'; valid: completep"):
+    param.get("bogus")
+
+
+def test_options_come_from_the_class_fields():
+  assert param.options("sp") == ("base_width", "base_depth")
+  assert param.options("mup") == ("base_width", "base_depth", "zero_readout")
+  assert param.options("completep") == ("base_width", "base_depth", "zero_readout", "alpha")
+
+
+def test_a_config_param_block_goes_straight_to_get():
+  from jaxlab.configs import common
+  block = common.base_config().param
+  assert param.get(**block) == param.SP()
+  block.update(name="mup", base_width=64)
+  block.zero_readout = True
+  assert param.get(**block) == param.MuP(base_width=64, zero_readout=True)
 
 
 @pytest.mark.parametrize("name,alpha", [("depth_mup", 0.5), ("completep", 1.0)])
@@ -127,7 +145,7 @@ def test_depth_mup_lm_at_base_equals_sp_and_scales_branches_when_deeper():
   tokens = np.arange(16, dtype=np.int32).reshape(1, 16)
   outs = {}
   for name in ("sp", "depth_mup"):
-    c.parametrization, c.base_width, c.base_depth = name, 32, 2
+    c.param.update(name=name, base_width=32, base_depth=2)
     model = build_model(c, spec)
     variables = model.init(jax.random.PRNGKey(0), tokens)
     outs[name] = np.asarray(model.apply(variables, tokens))

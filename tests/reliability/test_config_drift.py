@@ -147,8 +147,8 @@ def test_which_keys_may_change():
   assert wd.is_allowed_silently("data.data_dir", "/a", "/b")
   assert wd.is_allowed_silently("num_steps", 600, 800)
   assert not wd.is_allowed_silently("num_steps", 800, 600)
-  for key in ("seed", "batch_size", "quant", "parametrization", "base_width", "model.name",
-              "optim.learning_rate", "data.augment_shift", "data.name", "eval_split"):
+  for key in ("seed", "batch_size", "quant", "param", "param.name", "param.base_width",
+              "model.name", "optim.learning_rate", "data.augment_shift", "data.name", "eval_split"):
     assert not wd.is_allowed_silently(key, 1, 2), key
   assert wd.recorded_changes({"log_every": (1, 2), "num_steps": (1, 2)}) == {"num_steps": (1, 2)}
 

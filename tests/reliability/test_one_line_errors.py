@@ -25,8 +25,10 @@ CASES = {
     "mesh_does_not_tile_devices": (
         MLP, ["--config.mesh.data=3"], "new",
         {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, ["config.mesh", "data * fsdp"]),
-    "unknown_parametrization": (MLP, ["--config.parametrization=bogus"], "new", {},
-                                ["config.parametrization='bogus'", "mup"]),
+    "unknown_parametrization": (MLP, ["--config.param.name=bogus"], "new", {},
+                                ["config.param.name='bogus'", "mup"]),
+    "old_flat_parametrization_key": (MLP, ["--config.parametrization=mup"], "new", {},
+                                     ["'parametrization'", "config.param,", "config.seed"]),
     "unknown_quant": (MLP, ["--config.quant=bogus"], "new", {}, ["config.quant='bogus'", "int8"]),
     "unknown_norm_placement": (VIT, ["--config.model.norm_placement=bogus",
                                      "--config.model.depth=1"], "new", {},
