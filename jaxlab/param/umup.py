@@ -100,7 +100,7 @@ class UMuP(Parametrization):
   def lr_scale(self, role: str, fan_in: int, fan_out: int, family: str = "adam") -> float:
     roles.check(role)
     if family != "adam":
-      raise UserError(f"config.parametrization='umup' prescribes Adam-family learning rates only "
+      raise UserError(f"config.param.name='umup' prescribes Adam-family learning rates only "
                       f"(got optimizer family {family!r}); config.optim.name: use adamw, adam, "
                       "adam_atan2 or lion")
     if role != roles.HIDDEN:
