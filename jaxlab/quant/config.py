@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from jaxlab.quant.formats import FORMATS, Format, quantize_operand
 from jaxlab.quant.quantizers import check_choice
 
-
 ROLES = ("weight", "activation", "gradient")
+
 
 def _check_format(role: str, fmt: Any, gradient: bool = False) -> None:
   valid = [name for name, cls in FORMATS.items() if cls.gradient_ok or not gradient]
