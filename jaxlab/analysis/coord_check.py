@@ -12,14 +12,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlab import quant
 from jaxlab.train import core
 from jaxlab.train.tasks import Task, as_task
 
 
-def activation_scales(model: nn.Module, params, inputs: jax.Array) -> dict[str, jax.Array]:
-  """{module path: mean |output|} for every submodule (and the model's output, key 'logits')."""
-  logits, state = model.apply({"params": params}, inputs, capture_intermediates=True,
-                              mutable=["intermediates"])
+def activation_scales(model: nn.Module, params, inputs: jax.Array,
+                      extra: dict | None = None) -> dict[str, jax.Array]:
+  """{module path: mean |output|} for every submodule (and the model's output, key 'logits');
+  `extra` (TrainState.extra) carries the quantization state of a stateful policy."""
+  logits, state = model.apply(quant.model_variables(params, extra), inputs,
+                              capture_intermediates=True, mutable=["intermediates"])
   out = {"logits": jnp.mean(jnp.abs(logits))}
   for path, leaf in jax.tree_util.tree_leaves_with_path(state["intermediates"]):
     keys = [getattr(k, "key", str(k)) for k in path]
@@ -32,7 +35,8 @@ def activation_scales(model: nn.Module, params, inputs: jax.Array) -> dict[str, 
 def coord_check(build: Callable[[int], tuple[nn.Module, optax.GradientTransformation]],
                 widths, batch: dict, task: Task | str, steps: int, seed: int = 0) -> dict:
   """{width: [activation_scales before update t for t = 0..steps]} training on one fixed batch
-  (jaxlab.train.core).
+  (jaxlab.train.core; a stateful quantization policy's state advances with the steps and is
+  read by the forward passes).
 
   `build(width)` gives the model and its full optax chain (e.g. with scale_by_parametrization);
   `task`: a jaxlab.train.tasks.Task or its name.
@@ -52,7 +56,8 @@ def coord_check(build: Callable[[int], tuple[nn.Module, optax.GradientTransforma
 
     opt_state, history = tx.init(params), []
     for _ in range(steps + 1):
-      history.append({k: float(v) for k, v in activation_scales(model, params, inputs).items()})
+      scales = activation_scales(model, params, inputs, extra)
+      history.append({k: float(v) for k, v in scales.items()})
       params, opt_state, extra = step(params, opt_state, extra)
     results[width] = history
   return results

@@ -6,7 +6,8 @@ as in TransformerLM and ViT), ordered by i; each block's __call__ takes the resi
 its first positional argument and returns the updated stream. All functions are pure and
 traceable (wrap them in jax.jit with the model closed over), except `layer_removal_loss_delta`,
 which jits one forward pass itself (the removed block is a traced index). `depth_metrics`
-flattens them into a metrics.jsonl row.
+flattens them into a metrics.jsonl row. Every function applying the model takes `extra`
+(TrainState.extra; None: params only), which carries a stateful quantization policy's state.
 """
 
 import re
@@ -16,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlab import quant
 from jaxlab.depth.rescaling import BLOCK_PATTERN, block_index
 
 
@@ -35,13 +37,13 @@ def _ordered(found: dict[int, Any], pattern: str) -> list[Any]:
 
 
 def block_outputs(model: nn.Module, params: Any, inputs: jax.Array, *,
-                  pattern: str = BLOCK_PATTERN) -> list[jax.Array]:
+                  pattern: str = BLOCK_PATTERN, extra: dict | None = None) -> list[jax.Array]:
   """The __call__ output of every block, in depth order (flax capture_intermediates)."""
   def is_block(mdl, method_name):
     return method_name == "__call__" and _index(mdl, pattern) is not None
 
-  _, state = model.apply({"params": params}, inputs, capture_intermediates=is_block,
-                         mutable=["intermediates"])
+  _, state = model.apply(quant.model_variables(params, extra), inputs,
+                         capture_intermediates=is_block, mutable=["intermediates"])
   found = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(state.get("intermediates", {})):
     keys = [str(getattr(k, "key", k)) for k in path]
@@ -54,7 +56,7 @@ def block_outputs(model: nn.Module, params: Any, inputs: jax.Array, *,
 
 
 def residual_stream(model: nn.Module, params: Any, inputs: jax.Array, *,
-                    pattern: str = BLOCK_PATTERN) -> jax.Array:
+                    pattern: str = BLOCK_PATTERN, extra: dict | None = None) -> jax.Array:
   """[L + 1, *stream shape]: x^(l) = the input of block l for l < L, x^(L) = the output of the
   last block (the stream before any final norm). Block inputs are recorded with a flax method
   interceptor."""
@@ -73,17 +75,18 @@ def residual_stream(model: nn.Module, params: Any, inputs: jax.Array, *,
     return outs[i]
 
   with nn.intercept_methods(record):
-    model.apply({"params": params}, inputs)
+    model.apply(quant.model_variables(params, extra), inputs)
   stream = _ordered(ins, pattern) + [outs[max(outs)]]
   return jnp.stack([x.astype(jnp.float32) for x in stream])
 
 
 def block_output_variance(model: nn.Module, params: Any, inputs: jax.Array, *,
-                          pattern: str = BLOCK_PATTERN) -> dict[str, jax.Array]:
+                          pattern: str = BLOCK_PATTERN,
+                          extra: dict | None = None) -> dict[str, jax.Array]:
   """{'variance': [L] variance of the residual stream after each block (over all entries:
   batch, positions, features), 'last_first_ratio': variance[-1] / variance[0]}."""
   var = jnp.stack([jnp.var(y.astype(jnp.float32))
-                   for y in block_outputs(model, params, inputs, pattern=pattern)])
+                   for y in block_outputs(model, params, inputs, pattern=pattern, extra=extra)])
   return {"variance": var, "last_first_ratio": var[-1] / var[0]}
 
 
@@ -104,12 +107,12 @@ def per_layer_grad_norms(grads: Any, *, pattern: str = BLOCK_PATTERN) -> dict[st
 
 
 def angular_distance(model: nn.Module, params: Any, inputs: jax.Array, n: int = 1, *,
-                     pattern: str = BLOCK_PATTERN) -> jax.Array:
+                     pattern: str = BLOCK_PATTERN, extra: dict | None = None) -> jax.Array:
   """[L - n + 1]: entry l is the mean over tokens of arccos(cos(x^(l), x^(l+n))) / pi between
   the residual stream entering block l and block l + n (x^(L) = the last block's output);
   Gromov et al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers" (they use the
   last token; here every token counts). 0 = same direction, 1 = opposite."""
-  xs = residual_stream(model, params, inputs, pattern=pattern)
+  xs = residual_stream(model, params, inputs, pattern=pattern, extra=extra)
   num_layers = xs.shape[0] - 1
   if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= num_layers:
     raise ValueError(f"n must be an int in 1..{num_layers} (the number of blocks), got {n!r}")
@@ -141,7 +144,8 @@ def _skip_block(skip: jax.Array, pattern: str, seen: set):
 def layer_removal_loss_delta(model: nn.Module, params: Any, batch: dict,
                              loss_fn: Callable[[jax.Array, dict], jax.Array], *,
                              inputs_key: str = "inputs",
-                             pattern: str = BLOCK_PATTERN) -> dict[str, jax.Array]:
+                             pattern: str = BLOCK_PATTERN,
+                             extra: dict | None = None) -> dict[str, jax.Array]:
   """{'base_loss': loss of the full model, 'loss_delta': [L] loss without block l minus the
   base loss}; loss_fn(model output, batch) -> scalar, the model reads batch[inputs_key].
 
@@ -158,11 +162,11 @@ def layer_removal_loss_delta(model: nn.Module, params: Any, batch: dict,
   seen = set()
 
   @jax.jit
-  def loss(params, batch, skip):
+  def loss(params, extra, batch, skip):
     with nn.intercept_methods(_skip_block(skip, pattern, seen)):
-      return loss_fn(model.apply({"params": params}, batch[inputs_key]), batch)
+      return loss_fn(model.apply(quant.model_variables(params, extra), batch[inputs_key]), batch)
 
-  losses = jnp.stack([loss(params, batch, jnp.int32(i)) for i in range(-1, num_layers)])
+  losses = jnp.stack([loss(params, extra, batch, jnp.int32(i)) for i in range(-1, num_layers)])
   if seen != set(range(num_layers)):
     raise ValueError(f"params have blocks 0..{num_layers - 1} but the modules called were "
                      f"{sorted(seen)} (pattern {pattern!r})")
@@ -171,16 +175,17 @@ def layer_removal_loss_delta(model: nn.Module, params: Any, batch: dict,
 
 def depth_metrics(model: nn.Module, params: Any, inputs: jax.Array, *, grads: Any = None,
                   n: int = 1, batch: dict | None = None, loss_fn: Callable | None = None,
-                  prefix: str = "depth", pattern: str = BLOCK_PATTERN) -> dict[str, jax.Array]:
+                  prefix: str = "depth", pattern: str = BLOCK_PATTERN,
+                  extra: dict | None = None) -> dict[str, jax.Array]:
   """Flat {name: scalar} for metrics.jsonl: '<prefix>/block_var/block_<i>',
   '<prefix>/block_var_last_first', '<prefix>/angular_distance_n<n>/block_<l>', and with grads
   '<prefix>/grad_norm/block_<i>', '<prefix>/grad_norm_max_min', '<prefix>/grad_norm_cv', and
   with batch + loss_fn '<prefix>/removal_loss_delta/block_<i>'."""
   out = {}
-  var = block_output_variance(model, params, inputs, pattern=pattern)
+  var = block_output_variance(model, params, inputs, pattern=pattern, extra=extra)
   out.update({f"{prefix}/block_var/block_{i}": v for i, v in enumerate(var["variance"])})
   out[f"{prefix}/block_var_last_first"] = var["last_first_ratio"]
-  dist = angular_distance(model, params, inputs, n, pattern=pattern)
+  dist = angular_distance(model, params, inputs, n, pattern=pattern, extra=extra)
   out.update({f"{prefix}/angular_distance_n{n}/block_{i}": d for i, d in enumerate(dist)})
   if grads is not None:
     g = per_layer_grad_norms(grads, pattern=pattern)
@@ -190,7 +195,7 @@ def depth_metrics(model: nn.Module, params: Any, inputs: jax.Array, *, grads: An
   if (batch is None) != (loss_fn is None):
     raise ValueError("layer-removal metrics need both batch and loss_fn (or neither)")
   if batch is not None:
-    r = layer_removal_loss_delta(model, params, batch, loss_fn, pattern=pattern)
+    r = layer_removal_loss_delta(model, params, batch, loss_fn, pattern=pattern, extra=extra)
     out.update({f"{prefix}/removal_loss_delta/block_{i}": d
                 for i, d in enumerate(r["loss_delta"])})
   return out

@@ -14,8 +14,8 @@ Contract (what later parametrization / quantization work relies on):
   * matmuls use `quant.dot_general(path, role)`, convolutions
     `quant.conv_general_dilated(path, role)`, where path is the module path '/'.join(scope.path),
     e.g. 'block_0/attn/qkv', and role the weight's. Dense and Conv also
-    own the state their QuantConfig asks for (`quant_inputs`): LSQ steps as params and fp8
-    delayed-scaling histories in the 'quant_state' collection.
+    own the state their QuantConfig's formats declare (`jaxlab.quant.quant_inputs`): LSQ steps
+    as params and fp8 delayed-scaling histories in the 'quant_state' collection.
 
 Fan conventions: a Dense/readout kernel [fan_in, fan_out]; a Conv kernel has
 fan_in = prod(kernel_size) * in_channels and fan_out = out_channels (the channel count is what
@@ -40,9 +40,7 @@ from jaxlab.param.base import OpScales, Parametrization
 from jaxlab.param.meta import ParamMeta
 from jaxlab.param.roles import BIAS, HIDDEN, INPUT, NORM, READOUT, check
 from jaxlab.param.unit_scaling import scale_bwd, scale_fwd, scaled_op
-from jaxlab.quant import fp8 as fp8_lib
-from jaxlab.quant.config import QUANT_STATE
-from jaxlab.quant.quantizers import lsq_init_step
+from jaxlab.quant.layer_state import quant_inputs
 
 # Logical axis vocabulary (mapped to mesh axes by sharding rules):
 #   input     raw data features (flattened pixels) read by an MLP's first Dense
@@ -133,45 +131,6 @@ def apply_activation(name: str, x: jax.Array, parametrization: Parametrization) 
   return scale(f(x), parametrization.activation_scale(f))
 
 
-def quant_inputs(module: nn.Module, x: jax.Array, kernel: jax.Array,
-                 weight_operand: str = "rhs") -> dict[str, Any]:
-  """Keyword arguments for the quantized op at `module`'s path (empty when its QuantConfig needs
-  no state), creating that state on first use:
-    * LSQ (Esser et al. 2020): a learned scalar step per quantized tensor, params 'weight_step' /
-      'activation_step' (role BIAS, fan 1), initialised to 2 mean|v| / sqrt(Q_P) of the kernel /
-      the input seen at init (mean|v| = 1 if that input is all zeros, e.g. a dummy example);
-      passed as lhs_step / rhs_step;
-    * fp8 delayed scaling: {'history', 'probe'} per delayed tensor ('weight', 'activation',
-      'gradient') in the 'quant_state' collection (jaxlab.quant.fp8), passed as quant_state=.
-  weight_operand: which operand of the op is `kernel` ('rhs': x @ W; 'lhs': W^T x)."""
-  config = module.ctx.quant.config_for(module_path(module), module.role)
-  if config is None:
-    return {}
-  kw: dict[str, Any] = {}
-  operand = {"weight": weight_operand, "activation": "lhs" if weight_operand == "rhs" else "rhs"}
-  for role in config.lsq_roles:
-    fmt, v = getattr(config, role), (kernel if role == "weight" else x)
-    init = lambda key, shape, std, v=v, fmt=fmt: lsq_init_step(  # noqa: E731
-        v, fmt.bits, fmt.signed, default_mean_abs=1.0)
-    kw[f"{operand[role]}_step"] = make_param(
-        module, f"{role}_step", (), names=(), role=BIAS, fan_in=1, fan_out=1,
-        ctx=module.ctx, init=init)
-  states = {}
-  for role in config.delayed_roles:
-    if not module.is_initializing() and not module.has_variable(QUANT_STATE, role):
-      raise ValueError(
-          f"layer {module_path(module)!r} uses fp8 scaling='delayed' (policy "
-          f"{module.ctx.quant.name!r}) and needs its amax histories: apply the model with "
-          f"{{'params': ..., {QUANT_STATE!r}: ...}} (the train state keeps them in "
-          f"TrainState.extra[{QUANT_STATE!r}])")
-    history_length = getattr(config, role).history_length
-    states[role] = module.variable(QUANT_STATE, role, fp8_lib.init_delayed_state,
-                                   history_length).value
-  if states:
-    kw["quant_state"] = states
-  return kw
-
-
 class Dense(nn.Module):
   """y = m_W * (x @ W) + m_b * b with W [fan_in, features], fan_in = x.shape[-1].
 
@@ -200,7 +159,7 @@ class Dense(nn.Module):
     dot_general = self.ctx.quant.dot_general(module_path(self), self.role,
                                              weight_operand=weight_operand)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    qkw = quant_inputs(self, x, kernel, weight_operand)
+    qkw = quant_inputs(self, x, kernel)
     if qkw:
       dot_general = functools.partial(dot_general, **qkw)
     if self.feature_major:  # y^T = W^T x^T

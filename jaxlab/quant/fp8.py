@@ -23,16 +23,16 @@ idea of Flax's fp8 ops, here carrying the amax rather than the new history):
   * output gradient: `quantize_cotangent_delayed` (identity in the forward pass) quantizes the
     incoming cotangent g with the gradient history's scale and returns amax(g) as the probe's
     cotangent.
-The train step differentiates the loss with respect to (params, quant_state) and gets new
-histories from `next_delayed_states(quant_state, cotangents)` = update_history(history, probe
-cotangent). A layer applied twice in one step would add its two amaxes (an overestimate, so a
+The train step differentiates the loss with respect to (params, quant_state) and asks the policy
+for the next state (`QuantPolicy.next_state`; for these formats `FP8Format.next_state` =
+update_history(history, probe cotangent)). A layer applied twice in one step would add its two amaxes (an overestimate, so a
 safe scale); jaxlab's models apply each layer once. The first step uses scale 1 (empty history),
 as in Transformer Engine. Forward-only passes (eval) read the histories and change nothing.
 """
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -140,9 +140,6 @@ def init_delayed_state(length: int) -> dict:
   return {"history": init_history(length), "probe": jnp.zeros((), jnp.float32)}
 
 
-def is_delayed_state(x: Any) -> bool:
-  return isinstance(x, dict) and set(x) == {"history", "probe"}
-
 
 @jax.custom_vjp
 def report_amax(y: jax.Array, amax_value: jax.Array, probe: jax.Array) -> jax.Array:
@@ -195,13 +192,3 @@ def _qcd_bwd(fmt, margin, pow2, history, g):
 
 quantize_cotangent_delayed.defvjp(_qcd_fwd, _qcd_bwd)
 
-
-def next_delayed_states(states: Any, cotangents: Any) -> Any:
-  """The states after one step: every {"history", "probe"} node of `states` gets
-  update_history(history, the probe's cotangent) (this step's amax); probes stay 0.
-  `cotangents`: the gradient of the loss with respect to `states`."""
-
-  def step(s, c):
-    return {"history": update_history(s["history"], c["probe"]), "probe": s["probe"]}
-
-  return jax.tree.map(step, states, cotangents, is_leaf=is_delayed_state)

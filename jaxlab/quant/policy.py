@@ -38,8 +38,9 @@ import jax
 
 from jaxlab.errors import UserError
 from jaxlab.param.roles import INPUT, READOUT
-from jaxlab.quant.config import (BinaryFormat, FP8Format, IntFormat, LSQFormat, QuantConfig,
-                                 quantized_conv_general_dilated, quantized_dot_general)
+from jaxlab.quant.config import (ROLES, QuantConfig, quantized_conv_general_dilated,
+                                 quantized_dot_general)
+from jaxlab.quant.formats import BinaryFormat, FP8Format, IntFormat, LSQFormat
 
 KEEP_FLOAT_ROLES = (INPUT, READOUT)
 
@@ -71,7 +72,8 @@ class QuantPolicy:
   def needs_data_init(self) -> bool:
     """Whether some layer initialises state from its input at init time (LSQ activation steps),
     so init should see a real batch rather than a dummy input."""
-    return any(c is not None and isinstance(c.activation, LSQFormat) for _, c in self.rules)
+    return any(c is not None and c.activation is not None and c.activation.data_init
+               for _, c in self.rules)
 
   def config_for(self, module_path: str, role: str | None = None) -> Any | None:
     """The QuantConfig for the op of a `role` weight at `module_path`; None: float."""
@@ -81,6 +83,17 @@ class QuantPolicy:
       if re.fullmatch(pattern, module_path):
         return config
     return None
+
+  def next_state(self, quant_state: dict, cotangents: dict, path: tuple[str, ...] = ()) -> dict:
+    """The QUANT_STATE collection after one train step: each tensor's state (a role key under a
+    module path) advanced by its format's `next_state` from d loss / d state (`cotangents`)."""
+    config = self.config_for("/".join(path))
+    out = {}
+    for key, sub in quant_state.items():
+      fmt = getattr(config, key) if config is not None and key in ROLES else None
+      out[key] = (fmt.next_state(sub, cotangents[key]) if fmt is not None
+                  else self.next_state(sub, cotangents[key], path + (key,)))
+    return out
 
   def dot_general(self, module_path: str, role: str | None = None, *,
                   weight_operand: str = "rhs") -> Callable:

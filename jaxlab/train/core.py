@@ -4,8 +4,9 @@ metrics step (jaxlab.train.step), the vmapped LR sweep, the coordinate check
 
 `extra` is TrainState.extra. With a stateful quantization policy it holds the quantization
 state (extra['quant_state'], e.g. fp8 delayed-scaling amax histories): the forward pass reads it
-and `loss_and_grads` also differentiates the loss with respect to it; the cotangents of its zero
-probes are this step's amaxes, which enter the new histories (jaxlab.quant.fp8). Without one,
+and `loss_and_grads` also differentiates the loss with respect to it and asks the model's policy
+for the next state (`QuantPolicy.next_state`: each format advances its own state; fp8 delayed
+scaling reads this step's amaxes from the cotangents of its zero probes). Without one,
 extra is {} and passes through unchanged. All functions are pure and traceable.
 """
 
@@ -24,9 +25,7 @@ def logits(model: nn.Module, params: Any, extra: dict, batch: dict, task: Task, 
            dropout_rng: jax.Array | None = None) -> jax.Array:
   """The model's output on task.inputs(batch), reading the quantization state in `extra` (if
   any). With `dropout_rng` the model runs in training mode (dropout on), else in eval mode."""
-  variables = {"params": params}
-  if extra.get(quant.QUANT_STATE) is not None:
-    variables[quant.QUANT_STATE] = extra[quant.QUANT_STATE]
+  variables = quant.model_variables(params, extra)
   rngs = None if dropout_rng is None else {"dropout": dropout_rng}
   return model.apply(variables, task.inputs(batch), train=dropout_rng is not None, rngs=rngs)
 
@@ -54,7 +53,7 @@ def loss_and_grads(model: nn.Module, params: Any, extra: dict, batch: dict, task
   (loss, metrics), (grads, probes) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
       params, quant_state)
   return loss, metrics, grads, {
-      **extra, quant.QUANT_STATE: quant.fp8.next_delayed_states(quant_state, probes)}
+      **extra, quant.QUANT_STATE: model.ctx.quant.next_state(quant_state, probes)}
 
 
 def apply_update(tx: optax.GradientTransformation, params: Any, opt_state: Any,

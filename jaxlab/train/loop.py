@@ -21,7 +21,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from jaxlab import data, optim, quant, sharding
+from jaxlab import data, optim, sharding
 from jaxlab import param as param_lib
 from jaxlab.depth.rescaling import BLOCK_PATTERN
 from jaxlab.errors import UserError
@@ -187,22 +187,17 @@ def depth_metrics(state, config, model, task, mesh) -> dict[str, float]:
   """Depth diagnostics (step.depth_metrics_step) on the first eval batch."""
   batch = next(data.eval_batches(config.data, batch_size=config.eval_batch_size, max_batches=1))
   batch = sharding.shard_batch(batch, mesh)
-  out = step_lib.depth_metrics_step(state.params, batch, model=model, task=task)
+  out = step_lib.depth_metrics_step(state.params, state.extra, batch, model=model, task=task)
   return {k: float(v) for k, v in jax.device_get(out).items()}
 
 
 def _depth_metrics_every(config, state) -> int:
-  """config.depth_metrics_every, checked against the model; 0 under a quantization policy with
-  state (the diagnostics apply the model to params only)."""
+  """config.depth_metrics_every, checked against the model."""
   every = config.get("depth_metrics_every", 0)
   if every and not any(re.fullmatch(BLOCK_PATTERN, name) for name in state.params):
     raise UserError(f"config.depth_metrics_every={every} needs a model with residual blocks "
                     f"named block_<i> (transformer, vit); config.model.name="
                     f"{config.model.name!r} has {sorted(state.params)}. Set it to 0.")
-  if every and quant.QUANT_STATE in state.extra:
-    logging.warning("config.depth_metrics_every=%d: skipped under quant=%r (stateful policy)",
-                    every, config.quant)
-    return 0
   return every
 
 

@@ -69,14 +69,16 @@ def eval_step(params: Any, extra: dict, batch: dict, *, model: nn.Module,
 
 
 @functools.partial(jax.jit, static_argnames=("model", "task"))
-def depth_metrics_step(params: Any, batch: dict, *, model: nn.Module, task: tasks.Task) -> dict:
+def depth_metrics_step(params: Any, extra: dict, batch: dict, *, model: nn.Module,
+                       task: tasks.Task) -> dict:
   """jaxlab.analysis.depth_diagnostics.depth_metrics on one batch (a model with residual blocks
   named block_<i>): residual-stream variance after each block and its last/first ratio, angular
   distance between consecutive blocks' inputs, per-block gradient norms (max/min, CV) and the
-  loss increase when each block is removed."""
-  _, _, grads, _ = core.loss_and_grads(model, params, {}, batch, task)
+  loss increase when each block is removed. extra: TrainState.extra (its quantization state is
+  read, not advanced)."""
+  _, _, grads, _ = core.loss_and_grads(model, params, extra, batch, task)
   return depth_diagnostics.depth_metrics(model, params, task.inputs(batch), grads=grads,
-                                         batch=batch, loss_fn=task.loss)
+                                         batch=batch, loss_fn=task.loss, extra=extra)
 
 
 def sum_trees(a: dict | None, b: dict) -> dict:

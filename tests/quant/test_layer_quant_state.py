@@ -73,8 +73,7 @@ def test_named_policies():
   lsq = quant.get("lsq_w4a8")
   assert lsq.needs_data_init and not quant.get("int8").needs_data_init
   cfg = lsq.config_for("dense_1")
-  assert cfg.lsq_roles == ("weight", "activation") and (cfg.weight.bits,
-                                                        cfg.activation.bits) == (4, 8)
+  assert (cfg.weight, cfg.activation) == (LSQFormat(4), LSQFormat(8))
   assert lsq.config_for("dense_0", roles.INPUT) is None
   assert lsq.config_for("readout", roles.READOUT) is None
 

@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxlab.quant import config as qc, fp8, ptq, quantizers as qz
+from jaxlab.quant import config as qc, formats, fp8, ptq, quantizers as qz
 
 KEY = jax.random.key(0, impl="rbg")  # rbg: threefry bits are slow to compile on CPU
 BF16 = jnp.bfloat16
@@ -142,7 +142,7 @@ def test_lsq_step_keeps_its_dtype_and_gets_the_float32_gradient():
 def test_quantized_dot_general_bf16_gradient_quantized_in_float32():
   """A stochastic int8 gradient format on a bf16 matmul: the quantized cotangent equals the
   float32 computation (same key) cast to bf16."""
-  cfg = qc.QuantConfig(gradient=qc.IntFormat(bits=8, rounding="stochastic"))
+  cfg = qc.QuantConfig(gradient=formats.IntFormat(bits=8, rounding="stochastic"))
   dot = qc.quantized_dot_general(cfg)
   dn = (((1,), (0,)), ((), ()))
   x = jnp.asarray(RNG.standard_normal((8, 16)), BF16)

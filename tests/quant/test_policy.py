@@ -183,18 +183,18 @@ def test_stochastic_gradient_rounding_needs_rng():
   np.testing.assert_allclose(mean, exact, atol=0.02)
 
 
-def test_lsq_steps_are_arguments():
+def test_lsq_steps_are_quant_state():
   cfg = QuantConfig(weight=LSQFormat(4), activation=LSQFormat(8))
   f = quantized_dot_general(cfg)
   x = jnp.asarray(RNG.standard_normal((3, 4)), jnp.float32)
   w = jnp.asarray(RNG.standard_normal((4, 2)), jnp.float32)
-  with pytest.raises(ValueError, match="rhs_step"):
+  with pytest.raises(ValueError, match="LSQFormat needs its learned step"):
     f(x, w, DN)
   sx, sw = jnp.float32(0.02), jnp.float32(0.3)
-  y = f(x, w, DN, lhs_step=sx, rhs_step=sw)
+  y = f(x, w, DN, quant_state={"activation": sx, "weight": sw})
   ref = (np.round(np.clip(x / sx, -128, 127)) * sx) @ (np.round(np.clip(w / sw, -8, 7)) * sw)
   np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
-  g = jax.grad(lambda s: jnp.sum(f(x, w, DN, lhs_step=sx, rhs_step=s) ** 2))(sw)
+  g = jax.grad(lambda s: jnp.sum(f(x, w, DN, quant_state={"activation": sx, "weight": s}) ** 2))(sw)
   assert np.isfinite(g) and g != 0
 
 

@@ -100,6 +100,22 @@ def test_depth_metrics_are_logged_and_match_a_recomputation(tfds_data_dir, tmp_p
                              var["variance"], rtol=1e-4)
 
 
+def test_depth_metrics_under_a_stateful_quant_policy(tfds_data_dir, tmp_path):
+  """quant=fp8_delayed (amax histories in TrainState.extra): depth metrics are logged, finite."""
+  from jaxlab.configs import shakespeare_lm
+  c = shakespeare_lm.get_config()
+  c.data.data_dir, c.data.seq_len = tfds_data_dir, 16
+  c.model.update(d_model=16, num_layers=2, num_heads=2)
+  c.update(batch_size=4, eval_batch_size=4, eval_max_batches=1, num_steps=2, log_every=1,
+           eval_every=2, depth_metrics_every=2, stats_every=0, checkpoint_every=2,
+           quant="fp8_delayed")
+  c.optim.warmup_steps = 1
+  loop.train_and_evaluate(c, str(tmp_path))
+  row = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"] == 2][-1]
+  depth = {k: v for k, v in row.items() if k.startswith("depth/")}
+  assert "depth/removal_loss_delta/block_1" in depth and np.all(np.isfinite(list(depth.values())))
+
+
 def test_depth_metrics_need_a_block_model(mlp_config, tmp_path):
   mlp_config.depth_metrics_every = 20
   with pytest.raises(UserError, match="config.depth_metrics_every=20 needs a model with residual"):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import pallas_kernels
-from jaxlab.quant import config as quant_config, quantizers
+from jaxlab.quant import config as quant_config, formats, quantizers
 from pallas_kernels import _dispatch
 from pallas_kernels.int8_matmul import api, pallas, quantize_int8
 from tests.pallas_kernels.tolerances import TOL, assert_close
@@ -144,8 +144,8 @@ def test_power_of_two_scales_equal_jaxlab_fake_quant_matmul_bitwise(interpret_ta
   w, w_q, ws = _pow2_operand(rng, (K, N), axis=0)
   # jaxlab's quantized dot_general (what a policy injects into Dense) is the same computation
   qdot = quant_config.quantized_dot_general(quant_config.QuantConfig(
-      weight=quant_config.IntFormat(bits=8, granularity="per_channel"),
-      activation=quant_config.IntFormat(bits=8, granularity="per_token")))
+      weight=formats.IntFormat(bits=8, granularity="per_channel"),
+      activation=formats.IntFormat(bits=8, granularity="per_token")))
 
   def everything(x_q, w_q, xs, ws, x, w):
     x_fq = quantizers.int_fake_quant(x, bits=8, granularity="per_token", axis=-1)
