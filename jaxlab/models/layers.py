@@ -42,6 +42,7 @@ from jaxlab.param.roles import BIAS, HIDDEN, INPUT, NORM, READOUT, check
 from jaxlab.param.unit_scaling import scale_bwd, scale_fwd, scaled_op
 from jaxlab.quant import fp8 as fp8_lib
 from jaxlab.quant.config import QUANT_STATE
+from jaxlab.quant.policy import module_path
 from jaxlab.quant.quantizers import lsq_init_step
 
 # Logical axis vocabulary (mapped to mesh axes by sharding rules):
@@ -104,10 +105,6 @@ def scale_param(w: jax.Array, s: OpScales) -> jax.Array:
   if s.out == s.grad_param:
     return scale(w, s.out)
   return scale_fwd(scale_bwd(w, s.grad_param), s.out)
-
-
-def module_path(module: nn.Module) -> str:
-  return "/".join(module.scope.path)
 
 
 ACTIVATIONS: dict[str, Callable] = {

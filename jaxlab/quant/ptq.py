@@ -44,9 +44,9 @@ from flax import struct
 
 from jaxlab.param import roles
 from jaxlab.param.meta import ParamInfo, ParamMeta, param_info
-from jaxlab.quant.policy import KEEP_FLOAT_ROLES
-from jaxlab.quant.quantizers import (check_bits, check_choice, compute_dtype, int_bounds,
-                                     int_quantize, reduce_axes)
+from jaxlab.quant.policy import KEEP_FLOAT_ROLES, module_path
+from jaxlab.quant.quantizers import (_nonzero, check_bits, check_choice, compute_dtype,
+                                     int_bounds, int_quantize, reduce_axes)
 
 METHODS = ("absmax", "percentile", "mse")
 GRANULARITIES = ("per_tensor", "per_channel")
@@ -98,10 +98,6 @@ def _is_qt(x: Any) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Calibration of one tensor.
-
-
-def _nonzero(s: jax.Array) -> jax.Array:
-  return jnp.where(s > 0, s, jnp.ones_like(s))
 
 
 def scale_from_range(lo: jax.Array, hi: jax.Array, bits: int = 8,
@@ -254,10 +250,6 @@ def _is_weight_op(context) -> bool:
   return context.method_name == "__call__" and context.module.has_variable("params", "kernel")
 
 
-def _module_path(module: nn.Module) -> str:
-  return "/".join(module.scope.path)
-
-
 def _as_tokens(x: jax.Array, feature_major: bool) -> jax.Array:
   """[tokens, channels] view of a weight op's input."""
   x = jnp.asarray(x)
@@ -273,7 +265,7 @@ def record_weight_op_calls(model: nn.Module, params: Any, x: jax.Array,
   def record(next_fun, args, kw, context):
     if _is_weight_op(context) and args:
       module = context.module
-      calls.append((_module_path(module), module.clone(parent=None, name=None), args[0]))
+      calls.append((module_path(module), module.clone(parent=None, name=None), args[0]))
     return next_fun(*args, **kw)
 
   with nn.intercept_methods(record):
@@ -335,7 +327,7 @@ def quantized_apply(model: nn.Module, qparams: Any, x: jax.Array, *,
     return model.apply({"params": params}, x, **kwargs)
 
   def fake_quant_input(next_fun, args, kw, context):
-    path = _module_path(context.module) if _is_weight_op(context) and args else None
+    path = module_path(context.module) if _is_weight_op(context) and args else None
     if path not in act_scales:
       return next_fun(*args, **kw)
     qs = act_scales[path]
