@@ -29,6 +29,10 @@ from the tensor at run time and there is no static-scale format, so the calibrat
 scales are applied by the same kind of interceptor: it fake-quantizes the input of each recorded
 module with its `QScale` before the module runs (the weights come in dequantized). The result is
 the network an integer engine with static activation scales would compute, up to float rounding.
+With int8_matmul=True that engine runs: a jaxlab Dense (not feature-major) with 8-bit symmetric
+codes and a per-tensor 8-bit symmetric input scale computes its matmul as
+`pallas_kernels.int8_matmul` of the input codes and the exported weight codes and scales (int32
+accumulation), then Dense's forward multiplier and bias; other weight ops keep the fake quant.
 """
 
 import functools
@@ -41,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+import pallas_kernels
 
 from jaxlab.param import roles
 from jaxlab.param.meta import ParamInfo, ParamMeta, param_info
@@ -318,11 +324,38 @@ def calibrate_activations(model: nn.Module, params: Any, batches: Iterable[Any],
   return out
 
 
+def _int8_kernel(module: nn.Module, qparams: Any, qs: QScale) -> QuantizedTensor | None:
+  """The module's exported kernel if the int8 engine can run it (module docstring), else None."""
+  if getattr(module, "feature_major", True) or not hasattr(module, "ctx"):
+    return None
+  qt = functools.reduce(lambda t, k: t[k], module.scope.path, qparams).get("kernel")
+  int8 = lambda q: q.bits == 8 and q.symmetric  # noqa: E731
+  if not (_is_qt(qt) and int8(qt) and int8(qs) and qs.scale.ndim == 0 and qt.q.ndim == 2):
+    return None
+  return qt
+
+
+def _int8_dense(module: nn.Module, x: jax.Array, qt: QuantizedTensor, qs: QScale) -> jax.Array:
+  """Dense's y = m_W (x @ W) + m_b b with x @ W as int8_matmul(codes of x under qs, qt.q)."""
+  p, (fan_in, features) = module.ctx.parametrization, qt.q.shape
+  x2 = x.reshape(-1, fan_in)
+  x_q = int_quantize(x2, qs.scale, bits=8).astype(jnp.int8)
+  y = pallas_kernels.int8_matmul(x_q, qt.q, qs.scale, qt.scale.reshape(features))
+  batch = x2.shape[0]
+  y = y * p.op_scales(module.role, fan_in, features, batch).out
+  if module.use_bias:
+    y = y + module.get_variable("params", "bias") * p.op_scales(roles.BIAS, 1, features, batch).out
+  return y.reshape(*x.shape[:-1], features).astype(module.ctx.dtype)
+
+
 def quantized_apply(model: nn.Module, qparams: Any, x: jax.Array, *,
-                    act_scales: dict[str, QScale] | None = None, **kwargs) -> jax.Array:
+                    act_scales: dict[str, QScale] | None = None, int8_matmul: bool = False,
+                    **kwargs) -> jax.Array:
   """model.apply with dequantized weights and, for the module paths in `act_scales`, inputs
-  fake-quantized with the calibrated static scales (through an interceptor; module docstring)."""
-  params = dequantize(nn.meta.unbox(qparams))
+  fake-quantized with the calibrated static scales (through an interceptor); int8_matmul: the
+  Dense ops that can run as int8 x int8 matmuls do (module docstring)."""
+  qparams = nn.meta.unbox(qparams)
+  params = dequantize(qparams)
   if not act_scales:
     return model.apply({"params": params}, x, **kwargs)
 
@@ -331,6 +364,9 @@ def quantized_apply(model: nn.Module, qparams: Any, x: jax.Array, *,
     if path not in act_scales:
       return next_fun(*args, **kw)
     qs = act_scales[path]
+    qt = _int8_kernel(context.module, qparams, qs) if int8_matmul and not kw else None
+    if qt is not None:
+      return _int8_dense(context.module, args[0], qt, qs)
     if qs.scale.ndim and getattr(context.module, "feature_major", False):
       qs = QScale(qs.scale[:, None], qs.zero_point[:, None], qs.bits, qs.symmetric)
     return next_fun(qs.fake_quant(args[0]), *args[1:], **kw)
