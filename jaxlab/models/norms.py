@@ -2,10 +2,11 @@
 parameter through make_param with its role and fans; gains are NORM-role with fan_in = fan_out =
 features, biases BIAS-role with fan_in = 1).
 
-LayerNorm and RMSNorm run through pallas_kernels.fused_norm (implementation None: its XLA path on
-CPU, computing exactly the plain-jnp formulas below; the fused kernel where lowered for a TPU or
-GPU), with the gain and bias already scaled by the parametrization (scale_param). CRMSNorm's
-implied coordinate has no kernel form: it stays plain jnp.
+LayerNorm and RMSNorm run through pallas_kernels.fused_norm, with the gain and bias already
+scaled by the parametrization (scale_param): on a TPU / GPU backend with implementation None (the
+fused kernel), on a CPU backend with "xla" (the plain-jnp formulas below), not None: None wraps
+the XLA path in lax.platform_dependent, whose conditional changes XLA's fusions and so the last
+bits of the gradients. CRMSNorm's implied coordinate has no kernel form: it stays plain jnp.
 """
 
 import flax.linen as nn
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
+from pallas_kernels.fused_norm.api import default_implementation
 
 from jaxlab.errors import UserError
 from jaxlab.models.context import DEFAULT, LayerContext
@@ -50,7 +52,8 @@ class _Norm(nn.Module):
       gain = jnp.ones((d,), jnp.float32)
     if not (x.dtype == self.ctx.dtype and x.dtype in (jnp.float32, jnp.bfloat16)):
       x = x.astype(jnp.float32)
-    y = pallas_kernels.fused_norm(x, gain, bias, kind=kind, eps=self.epsilon)
+    impl = None if default_implementation() == "pallas" else "xla"
+    y = pallas_kernels.fused_norm(x, gain, bias, kind=kind, eps=self.epsilon, implementation=impl)
     return y.astype(self.ctx.dtype)
 
 
