@@ -13,7 +13,7 @@ index over all stages, num_layers = number of blocks): x + r * branch with r = 1
 pixel (the paper's channels_last LN). The stem conv has no bias (as the ResNet's): a blank patch
 (MNIST background, exactly 0) then stays exactly 0 and the stem LN maps it to its learned bias,
 instead of normalising a near-zero vector (gradients ~ 1/sqrt(eps)). No stochastic depth (the
-train step has no dropout rng).
+train step has no rng).
 
 Roles: the stem is INPUT, the downsampling convs and pointwise Denses HIDDEN, the readout
 READOUT. The depthwise kernel [k, k, C] is INPUT-role (vector-like, Tensor Programs V Table 3):
@@ -114,8 +114,7 @@ class ConvNeXt(nn.Module, Sized):
     return {"widths": tuple(width * w // widths[0] for w in widths)}
 
   @nn.compact
-  def __call__(self, x_BHWC: jax.Array, train: bool = False) -> jax.Array:
-    del train
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
     widths, depths = tuple(self.widths), tuple(self.depths)
     if not widths or len(widths) != len(depths) or min(widths + depths) < 1:
       raise UserError(f"config.model.widths {widths} and depths {depths} must be positive and "

@@ -41,6 +41,7 @@ from jaxlab.param.meta import ParamMeta
 from jaxlab.param.roles import BIAS, HIDDEN, INPUT, NORM, READOUT, check
 from jaxlab.param.unit_scaling import scale_bwd, scale_fwd, scaled_op
 from jaxlab.quant.layer_state import quant_inputs
+from jaxlab.quant.policy import module_path
 
 # Logical axis vocabulary (mapped to mesh axes by sharding rules):
 #   input     raw data features (flattened pixels) read by an MLP's first Dense
@@ -102,10 +103,6 @@ def scale_param(w: jax.Array, s: OpScales) -> jax.Array:
   if s.out == s.grad_param:
     return scale(w, s.out)
   return scale_fwd(scale_bwd(w, s.grad_param), s.out)
-
-
-def module_path(module: nn.Module) -> str:
-  return "/".join(module.scope.path)
 
 
 ACTIVATIONS: dict[str, Callable] = {

@@ -191,8 +191,7 @@ class LongConvLM(LongConvHparams, _LMSizes, Sized):
   WIDTH_KEY, DEPTH_KEY = "d_model", "num_layers"
 
   @nn.compact
-  def __call__(self, tokens_BL: jax.Array, train: bool = False) -> jax.Array:
-    del train  # no dropout
+  def __call__(self, tokens_BL: jax.Array) -> jax.Array:
     if self.norm not in NORMS:
       raise UserError(f"config.model.norm={self.norm!r}; valid: {', '.join(NORMS)}")
     if tokens_BL.shape[1] > self.max_len:

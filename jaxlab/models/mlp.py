@@ -32,8 +32,7 @@ class MLP(nn.Module, Sized):
     return len(cls.attribute(attrs, "hidden_widths"))
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    del train
+  def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(ctx=self.ctx, use_bias=self.use_bias)
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.hidden_widths):

@@ -1,10 +1,20 @@
 """Normalisation layers and learned scalar gains/biases (jaxlab.models.layers' contract: every
 parameter through make_param with its role and fans; gains are NORM-role with fan_in = fan_out =
-features, biases BIAS-role with fan_in = 1)."""
+features, biases BIAS-role with fan_in = 1).
+
+LayerNorm and RMSNorm run through pallas_kernels.fused_norm, with the gain and bias already
+scaled by the parametrization (scale_param): on a TPU / GPU backend with implementation None (the
+fused kernel), on a CPU backend with "xla" (the plain-jnp formulas below), not None: None wraps
+the XLA path in lax.platform_dependent, whose conditional changes XLA's fusions and so the last
+bits of the gradients. CRMSNorm's implied coordinate has no kernel form: it stays plain jnp.
+"""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+import pallas_kernels
+from pallas_kernels.fused_norm.api import default_implementation
 
 from jaxlab.errors import UserError
 from jaxlab.models.context import DEFAULT, LayerContext
@@ -19,17 +29,31 @@ class _Norm(nn.Module):
   axis_name: str = "embed"
   ctx: LayerContext = DEFAULT
 
-  def _affine(self, y: jax.Array) -> jax.Array:
-    p, d = self.ctx.parametrization, y.shape[-1]
-    batch = y.size // d
+  def _gain_bias(self, d: int, batch: int) -> tuple[jax.Array | None, jax.Array | None]:
+    """(gain, bias) [d] multiplied by their op scales; None where unused."""
+    p = self.ctx.parametrization
+    gain = bias = None
     if self.use_scale:
       gain = make_param(self, "scale", (d,), names=(self.axis_name,), role=NORM, fan_in=d,
                         fan_out=d, ctx=self.ctx)
-      y = y * scale_param(gain, p.op_scales(NORM, d, d, batch))
+      gain = scale_param(gain, p.op_scales(NORM, d, d, batch))
     if self.use_bias:
       bias = make_param(self, "bias", (d,), names=(self.axis_name,), role=BIAS, fan_in=1,
                         fan_out=d, ctx=self.ctx)
-      y = y + scale_param(bias, p.op_scales(BIAS, 1, d, batch))
+      bias = scale_param(bias, p.op_scales(BIAS, 1, d, batch))
+    return gain, bias
+
+  def _fused(self, x: jax.Array, kind: str) -> jax.Array:
+    """pallas_kernels.fused_norm of x with this module's gain / bias (a missing gain is 1,
+    exact), in ctx.dtype; x goes in as float32 unless it already has ctx.dtype bfloat16."""
+    d = x.shape[-1]
+    gain, bias = self._gain_bias(d, x.size // d)
+    if gain is None:
+      gain = jnp.ones((d,), jnp.float32)
+    if not (x.dtype == self.ctx.dtype and x.dtype in (jnp.float32, jnp.bfloat16)):
+      x = x.astype(jnp.float32)
+    impl = None if default_implementation() == "pallas" else "xla"
+    y = pallas_kernels.fused_norm(x, gain, bias, kind=kind, eps=self.epsilon, implementation=impl)
     return y.astype(self.ctx.dtype)
 
 
@@ -38,10 +62,7 @@ class LayerNorm(_Norm):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    xc = x - jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(xc), axis=-1, keepdims=True)
-    return self._affine(xc * jax.lax.rsqrt(var + self.epsilon))
+    return self._fused(x, "layernorm")
 
 
 class RMSNorm(_Norm):
@@ -51,9 +72,7 @@ class RMSNorm(_Norm):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    ms = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-    return self._affine(x * jax.lax.rsqrt(ms + self.epsilon))
+    return self._fused(x, "rmsnorm")
 
 
 class CRMSNorm(_Norm):
@@ -73,7 +92,13 @@ class CRMSNorm(_Norm):
     d = x.shape[-1] + 1
     ss = jnp.sum(jnp.square(x), axis=-1, keepdims=True) + jnp.square(
         jnp.sum(x, axis=-1, keepdims=True))
-    return self._affine(x * jax.lax.rsqrt(ss / d + self.epsilon))
+    y = x * jax.lax.rsqrt(ss / d + self.epsilon)
+    gain, bias = self._gain_bias(y.shape[-1], y.size // y.shape[-1])
+    if gain is not None:
+      y = y * gain
+    if bias is not None:
+      y = y + bias
+    return y.astype(self.ctx.dtype)
 
 
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "crmsnorm": CRMSNorm}

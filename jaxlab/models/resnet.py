@@ -121,8 +121,7 @@ class ResNet(nn.Module, Sized):
   branch_gain: str = "none"
 
   @nn.compact
-  def __call__(self, x_BHWC: jax.Array, train: bool = False) -> jax.Array:
-    del train
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
     _check(self)
     kw = dict(ctx=self.ctx)
     num_blocks = 3 * self.blocks_per_stage

@@ -152,8 +152,7 @@ class TransformerLM(nn.Module, Sized):
   block_options: BlockOptions = BlockOptions()
 
   @nn.compact
-  def __call__(self, tokens_BL: jax.Array, train: bool = False) -> jax.Array:
-    del train  # no dropout (yet)
+  def __call__(self, tokens_BL: jax.Array) -> jax.Array:
     if self.positional not in POSITIONALS:
       raise UserError(f"unknown positional {self.positional!r} (config.model.positional); valid: "
                       f"{', '.join(POSITIONALS)}")

@@ -43,8 +43,7 @@ class ViT(nn.Module, Sized):
   block_options: BlockOptions = BlockOptions()
 
   @nn.compact
-  def __call__(self, x_BHWC: jax.Array, train: bool = False) -> jax.Array:
-    del train
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
     if self.pool not in POOLS:
       raise UserError(f"unknown pool {self.pool!r} (config.model.pool); valid: {', '.join(POOLS)}")
     o = self.block_options

@@ -15,13 +15,14 @@ import jax
 
 from jaxlab.quant.config import ROLES
 from jaxlab.quant.formats import QUANT_STATE
+from jaxlab.quant.policy import module_path
 
 
 def quant_inputs(module: nn.Module, x: jax.Array, kernel: jax.Array) -> dict[str, Any]:
-  """Keyword arguments for the quantized op at `module`'s path ('/'.join(scope.path), its
+  """Keyword arguments for the quantized op at `module`'s path (`module_path`) and
   parameter role `module.role`): quant_state={role: state} for the formats that declare state
   ('weight' reads `kernel`, 'activation' `x`), created on first use; {} when there is none."""
-  config = module.ctx.quant.config_for("/".join(module.scope.path), module.role)
+  config = module.ctx.quant.config_for(module_path(module), module.role)
   if config is None:
     return {}
   values = {"weight": kernel, "activation": x, "gradient": None}

@@ -1,7 +1,7 @@
 """Quantization policy: ordered `(module-path regex -> QuantConfig)` rules, as in Qwix.
 
 Layers ask the policy for the `dot_general` / `conv_general_dilated` to use at their module
-path ('dense_1', 'block_0/attn/qkv', 'readout', ...; see `jaxlab.models.layers.module_path`) for
+path ('dense_1', 'block_0/attn/qkv', 'readout', ...; `module_path`) for
 a weight of a given parameter role (jaxlab.param.roles). A role in `keep_float_roles` gives the
 plain op; otherwise the first rule whose regex matches the whole path decides: its QuantConfig
 gives the quantized op (`jaxlab.quant.config`); a rule mapping to None, or no matching rule,
@@ -43,6 +43,11 @@ from jaxlab.quant.config import (ROLES, QuantConfig, quantized_conv_general_dila
 from jaxlab.quant.formats import BinaryFormat, FP8Format, IntFormat, LSQFormat
 
 KEEP_FLOAT_ROLES = (INPUT, READOUT)
+
+
+def module_path(module) -> str:
+  """A bound flax module's path ('dense_1', 'block_0/attn/qkv'): the key policies match."""
+  return "/".join(module.scope.path)
 
 
 @dataclasses.dataclass(frozen=True)

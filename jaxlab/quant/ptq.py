@@ -29,6 +29,10 @@ from the tensor at run time and there is no static-scale format, so the calibrat
 scales are applied by the same kind of interceptor: it fake-quantizes the input of each recorded
 module with its `QScale` before the module runs (the weights come in dequantized). The result is
 the network an integer engine with static activation scales would compute, up to float rounding.
+With int8_matmul=True that engine runs: a jaxlab Dense (not feature-major) with 8-bit symmetric
+codes and a per-tensor 8-bit symmetric input scale computes its matmul as
+`pallas_kernels.int8_matmul` of the input codes and the exported weight codes and scales (int32
+accumulation), then Dense's forward multiplier and bias; other weight ops keep the fake quant.
 """
 
 import functools
@@ -42,11 +46,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+import pallas_kernels
+
 from jaxlab.param import roles
 from jaxlab.param.meta import ParamInfo, ParamMeta, param_info
-from jaxlab.quant.policy import KEEP_FLOAT_ROLES
-from jaxlab.quant.quantizers import (check_bits, check_choice, compute_dtype, int_bounds,
-                                     int_quantize, reduce_axes)
+from jaxlab.quant.policy import KEEP_FLOAT_ROLES, module_path
+from jaxlab.quant.quantizers import (_nonzero, check_bits, check_choice, compute_dtype,
+                                     int_bounds, int_quantize, reduce_axes)
 
 METHODS = ("absmax", "percentile", "mse")
 GRANULARITIES = ("per_tensor", "per_channel")
@@ -98,10 +104,6 @@ def _is_qt(x: Any) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Calibration of one tensor.
-
-
-def _nonzero(s: jax.Array) -> jax.Array:
-  return jnp.where(s > 0, s, jnp.ones_like(s))
 
 
 def scale_from_range(lo: jax.Array, hi: jax.Array, bits: int = 8,
@@ -254,10 +256,6 @@ def _is_weight_op(context) -> bool:
   return context.method_name == "__call__" and context.module.has_variable("params", "kernel")
 
 
-def _module_path(module: nn.Module) -> str:
-  return "/".join(module.scope.path)
-
-
 def _as_tokens(x: jax.Array, feature_major: bool) -> jax.Array:
   """[tokens, channels] view of a weight op's input."""
   x = jnp.asarray(x)
@@ -273,7 +271,7 @@ def record_weight_op_calls(model: nn.Module, params: Any, x: jax.Array,
   def record(next_fun, args, kw, context):
     if _is_weight_op(context) and args:
       module = context.module
-      calls.append((_module_path(module), module.clone(parent=None, name=None), args[0]))
+      calls.append((module_path(module), module.clone(parent=None, name=None), args[0]))
     return next_fun(*args, **kw)
 
   with nn.intercept_methods(record):
@@ -326,19 +324,49 @@ def calibrate_activations(model: nn.Module, params: Any, batches: Iterable[Any],
   return out
 
 
+def _int8_kernel(module: nn.Module, qparams: Any, qs: QScale) -> QuantizedTensor | None:
+  """The module's exported kernel if the int8 engine can run it (module docstring), else None."""
+  if getattr(module, "feature_major", True) or not hasattr(module, "ctx"):
+    return None
+  qt = functools.reduce(lambda t, k: t[k], module.scope.path, qparams).get("kernel")
+  int8 = lambda q: q.bits == 8 and q.symmetric  # noqa: E731
+  if not (_is_qt(qt) and int8(qt) and int8(qs) and qs.scale.ndim == 0 and qt.q.ndim == 2):
+    return None
+  return qt
+
+
+def _int8_dense(module: nn.Module, x: jax.Array, qt: QuantizedTensor, qs: QScale) -> jax.Array:
+  """Dense's y = m_W (x @ W) + m_b b with x @ W as int8_matmul(codes of x under qs, qt.q)."""
+  p, (fan_in, features) = module.ctx.parametrization, qt.q.shape
+  x2 = x.reshape(-1, fan_in)
+  x_q = int_quantize(x2, qs.scale, bits=8).astype(jnp.int8)
+  y = pallas_kernels.int8_matmul(x_q, qt.q, qs.scale, qt.scale.reshape(features))
+  batch = x2.shape[0]
+  y = y * p.op_scales(module.role, fan_in, features, batch).out
+  if module.use_bias:
+    y = y + module.get_variable("params", "bias") * p.op_scales(roles.BIAS, 1, features, batch).out
+  return y.reshape(*x.shape[:-1], features).astype(module.ctx.dtype)
+
+
 def quantized_apply(model: nn.Module, qparams: Any, x: jax.Array, *,
-                    act_scales: dict[str, QScale] | None = None, **kwargs) -> jax.Array:
+                    act_scales: dict[str, QScale] | None = None, int8_matmul: bool = False,
+                    **kwargs) -> jax.Array:
   """model.apply with dequantized weights and, for the module paths in `act_scales`, inputs
-  fake-quantized with the calibrated static scales (through an interceptor; module docstring)."""
-  params = dequantize(nn.meta.unbox(qparams))
+  fake-quantized with the calibrated static scales (through an interceptor); int8_matmul: the
+  Dense ops that can run as int8 x int8 matmuls do (module docstring)."""
+  qparams = nn.meta.unbox(qparams)
+  params = dequantize(qparams)
   if not act_scales:
     return model.apply({"params": params}, x, **kwargs)
 
   def fake_quant_input(next_fun, args, kw, context):
-    path = _module_path(context.module) if _is_weight_op(context) and args else None
+    path = module_path(context.module) if _is_weight_op(context) and args else None
     if path not in act_scales:
       return next_fun(*args, **kw)
     qs = act_scales[path]
+    qt = _int8_kernel(context.module, qparams, qs) if int8_matmul and not kw else None
+    if qt is not None:
+      return _int8_dense(context.module, args[0], qt, qs)
     if qs.scale.ndim and getattr(context.module, "feature_major", False):
       qs = QScale(qs.scale[:, None], qs.zero_point[:, None], qs.bits, qs.symmetric)
     return next_fun(qs.fake_quant(args[0]), *args[1:], **kw)

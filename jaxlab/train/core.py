@@ -21,31 +21,27 @@ from jaxlab.param.meta import unbox
 from jaxlab.train.tasks import Task
 
 
-def logits(model: nn.Module, params: Any, extra: dict, batch: dict, task: Task, *,
-           dropout_rng: jax.Array | None = None) -> jax.Array:
+def logits(model: nn.Module, params: Any, extra: dict, batch: dict, task: Task) -> jax.Array:
   """The model's output on task.inputs(batch), reading the quantization state in `extra` (if
-  any). With `dropout_rng` the model runs in training mode (dropout on), else in eval mode."""
-  variables = quant.model_variables(params, extra)
-  rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-  return model.apply(variables, task.inputs(batch), train=dropout_rng is not None, rngs=rngs)
+  any)."""
+  return model.apply(quant.model_variables(params, extra), task.inputs(batch))
 
 
-def loss_and_metrics(model: nn.Module, params: Any, extra: dict, batch: dict, task: Task, *,
-                     dropout_rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
+def loss_and_metrics(model: nn.Module, params: Any, extra: dict, batch: dict,
+                     task: Task) -> tuple[jax.Array, dict]:
   """(mean loss, task metrics) of `model` on `batch` (Task.loss_and_metrics of `logits`)."""
-  return task.loss_and_metrics(logits(model, params, extra, batch, task,
-                                      dropout_rng=dropout_rng), batch)
+  return task.loss_and_metrics(logits(model, params, extra, batch, task), batch)
 
 
-def loss_and_grads(model: nn.Module, params: Any, extra: dict, batch: dict, task: Task, *,
-                   dropout_rng: jax.Array | None = None) -> tuple[jax.Array, dict, Any, dict]:
+def loss_and_grads(model: nn.Module, params: Any, extra: dict, batch: dict,
+                   task: Task) -> tuple[jax.Array, dict, Any, dict]:
   """(mean loss, task metrics, d loss / d params, new extra) of `model` on `batch`; the new
   extra carries the advanced quantization state (the old one is only read)."""
   quant_state = extra.get(quant.QUANT_STATE)
 
   def loss_fn(params, quant_state):
     extra_in = extra if quant_state is None else {**extra, quant.QUANT_STATE: quant_state}
-    return loss_and_metrics(model, params, extra_in, batch, task, dropout_rng=dropout_rng)
+    return loss_and_metrics(model, params, extra_in, batch, task)
 
   if quant_state is None:
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, None)

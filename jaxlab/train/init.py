@@ -73,7 +73,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example: jax.
   Quantization state of the model (fp8 delayed-scaling histories) goes to
   state.extra['quant_state']; without it extra stays {}."""
   rng = jax.random.PRNGKey(seed)
-  init_rng, state_rng = jax.random.split(rng)
+  init_rng, _ = jax.random.split(rng)  # the split keeps the params of older runs
   abstract = jax.eval_shape(lambda r: model.init(r, example), init_rng)["params"]
   shardings = rules.param_shardings(abstract, mesh)
 
@@ -83,7 +83,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example: jax.
     extra = {quant.QUANT_STATE: variables[quant.QUANT_STATE]} if (
         quant.QUANT_STATE in variables) else {}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=state_rng, extra=extra)
+                      extra=extra)
 
   state_shardings = _state_shardings(jax.eval_shape(make, init_rng, example), shardings, tx,
                                      mesh)
@@ -107,9 +107,9 @@ def init_inputs(model: nn.Module, example: jax.Array, train_iter: Any, task: tas
 def _state_shardings(abstract: TrainState, param_shardings: Any, tx: optax.GradientTransformation,
                      mesh: Mesh) -> TrainState:
   """Params per the partition rules; optimizer leaves shaped like params (Adam moments, momenta)
-  follow their parameter; everything else (step, counts, rng) is replicated."""
+  follow their parameter; everything else (step, counts) is replicated."""
   replicated = NamedSharding(mesh, P())
   opt = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_shardings,
                               transform_non_params=lambda _: replicated)
-  return TrainState(step=replicated, params=param_shardings, opt_state=opt, rng=replicated,
+  return TrainState(step=replicated, params=param_shardings, opt_state=opt,
                     extra=jax.tree.map(lambda _: replicated, abstract.extra))

@@ -11,7 +11,6 @@ class TrainState:
   step: jax.Array  # int32 scalar: number of updates applied
   params: Any
   opt_state: Any
-  rng: jax.Array  # raw uint32 PRNG key (jax.random.PRNGKey), folded with the step per update
   # {} for float runs; {'quant_state': ...} with fp8 delayed scaling (the amax histories of the
   # 'quant_state' collection, jaxlab.quant.fp8), saved in checkpoints with the rest
   extra: Any = struct.field(default_factory=dict)

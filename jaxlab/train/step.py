@@ -44,11 +44,9 @@ def train_step(
     with_stats: bool = False,
     state_sharding: Static | None = None,
 ) -> tuple[TrainState, dict]:
-  """One optimizer update (jaxlab.train.core, dropout on). Returns the new state and scalar
+  """One optimizer update (jaxlab.train.core). Returns the new state and scalar
   metrics (+ per-layer rms); the quantization state in state.extra advances with it."""
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
-  _, metrics, grads, extra = core.loss_and_grads(model, state.params, state.extra, batch, task,
-                                                 dropout_rng=dropout_rng)
+  _, metrics, grads, extra = core.loss_and_grads(model, state.params, state.extra, batch, task)
   params, opt_state, updates = core.apply_update(tx, state.params, state.opt_state, grads)
   metrics["grad_norm"] = optax.tree.norm(grads)
   metrics["param_norm"] = optax.tree.norm(params)

@@ -30,7 +30,7 @@ def normalize(x, *, kind: str, eps: float):
   x = x.astype(jnp.float32)
   if kind == "layernorm":
     x = x - jnp.mean(x, axis=-1, keepdims=True)
-  rstd = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+  rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
   return x * rstd, rstd
 
 

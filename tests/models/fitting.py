@@ -15,7 +15,7 @@ def fit(model, inputs, targets, steps=25, lr=1e-2):
   opt = optax.adam(lr)
 
   def loss(p):
-    logits = model.apply({"params": p}, inputs, train=True)
+    logits = model.apply({"params": p}, inputs)
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
   def step(carry, _):

@@ -298,3 +298,27 @@ def test_feature_major_dense_gets_per_channel_scales_on_its_feature_axis():
                              rtol=1e-6)
   out = ptq.quantized_apply(block, params, x, act_scales=acts)
   np.testing.assert_allclose(out, block.apply({"params": params}, x), rtol=0.05, atol=0.02)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_int8_matmul_engine_matches_fake_quant(monkeypatch, use_bias):
+  """quantized_apply(int8_matmul=True) runs every eligible Dense through
+  pallas_kernels.int8_matmul and agrees with the fake-quant network to float rounding."""
+  import pallas_kernels
+  model = models.MLP(hidden_widths=(16, 16), num_classes=5, use_bias=use_bias)
+  x = jnp.asarray(RNG.normal(size=(8, 12)), jnp.float32)
+  boxed = model.init(jax.random.key(0), x)["params"]
+  qparams = ptq.quantize_params(boxed)  # every Dense, readout included, int8 per channel
+  scales = ptq.calibrate_activations(model, boxed, [x])
+  calls = []
+  real = pallas_kernels.int8_matmul
+  monkeypatch.setattr(pallas_kernels, "int8_matmul", lambda *a, **k: calls.append(1) or real(
+      *a, **k))
+  fake = ptq.quantized_apply(model, qparams, x, act_scales=scales)
+  assert not calls
+  got = ptq.quantized_apply(model, qparams, x, act_scales=scales, int8_matmul=True)
+  assert len(calls) == 3
+  np.testing.assert_allclose(got, fake, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(fake))))
+  per_channel = ptq.calibrate_activations(model, boxed, [x], granularity="per_channel")
+  ptq.quantized_apply(model, qparams, x, act_scales=per_channel, int8_matmul=True)
+  assert len(calls) == 3  # per-channel input scales have no int8 matmul form: fake quant
