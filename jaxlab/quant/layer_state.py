@@ -19,8 +19,8 @@ from jaxlab.quant.policy import module_path
 
 
 def quant_inputs(module: nn.Module, x: jax.Array, kernel: jax.Array) -> dict[str, Any]:
-  """Keyword arguments for the quantized op at `module`'s path (`module_path`) and
-  parameter role `module.role`): quant_state={role: state} for the formats that declare state
+  """Keyword arguments for the quantized op at `module`'s path (`module_path`) for
+  its parameter role `module.role`: quant_state={role: state} for the formats that declare state
   ('weight' reads `kernel`, 'activation' `x`), created on first use; {} when there is none."""
   config = module.ctx.quant.config_for(module_path(module), module.role)
   if config is None:
