@@ -64,7 +64,7 @@ def test_coord_check_reads_the_state_of_the_train_step(name):
   model = _mlp(name, 16)
   params, extra = core.init_params_and_extra(model, jax.random.PRNGKey(0), BATCH["image"])
   state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
-                     rng=jax.random.PRNGKey(0), extra=jax.tree.map(jnp.copy, extra))
+                     extra=jax.tree.map(jnp.copy, extra))
   for _ in range(steps):  # (donates the state)
     state, _ = step_lib.train_step(state, BATCH, model=model, tx=tx, task=tasks.CLASSIFICATION)
   logits = core.logits(model, state.params, state.extra, BATCH, tasks.CLASSIFICATION)
