@@ -27,6 +27,11 @@ class OpScales(NamedTuple):
   grad_param: float
 
 
+REGISTRY: dict[str, type] = {}
+"""Every parametrization by its `name`: a subclass that sets its own `name` default registers
+itself when it is defined (jaxlab.param.get looks names up here)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Parametrization:
   """Standard parametrization (SP): PyTorch/Flax defaults, the reference all others reduce to.
@@ -45,6 +50,11 @@ class Parametrization:
   width: int = 0
   base_depth: int = 0
   depth: int = 0
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    if "name" in cls.__dict__:  # a class body setting `name: str = "..."`
+      REGISTRY[cls.__dict__["name"]] = cls
 
   @property
   def width_mult(self) -> float:
@@ -130,6 +140,7 @@ class Parametrization:
 
 
 SP = Parametrization
+REGISTRY[SP.name] = SP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,3 +264,12 @@ class DepthMuP(MuP):
     roles.check(role)
     scale = 1.0 / self.width_mult
     return scale * self.depth_mult ** -self.alpha if role == roles.HIDDEN else scale
+
+
+@dataclasses.dataclass(frozen=True)
+class CompleteP(DepthMuP):
+  """Depth-muP with alpha = 1 ("CompleteP", Dey et al. 2025): residual branches x (L/L_base)^-1,
+  hidden Adam learning rates unscaled in depth."""
+
+  name: str = "completep"
+  alpha: float = 1.0

@@ -222,3 +222,22 @@ def test_adam_eps_scaling_equals_adam_with_a_per_parameter_epsilon():
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref)):
       np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9)
   assert optim.scale_adam_eps_by_parametrization(param.SP(), info) is None
+
+
+def test_a_subclass_with_a_name_registers_itself():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+
+  from jaxlab.param.base import REGISTRY, MuP  # pylint: disable=g-import-not-at-top
+
+  @dataclasses.dataclass(frozen=True)
+  class Halved(MuP):
+    name: str = "test_halved"
+    factor: float = 0.5
+
+  try:
+    assert "test_halved" in param.names() and param.options("test_halved")[-1] == "factor"
+    assert param.get("test_halved", base_width=8, factor=0.25) == Halved(base_width=8, factor=0.25)
+  finally:
+    REGISTRY.pop("test_halved")
+  assert "test_halved" not in param.names()
+  assert param.get("completep").alpha == 1.0 and param.get("depth_mup").alpha == 0.5
