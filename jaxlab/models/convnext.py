@@ -29,32 +29,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-import pallas_kernels
 from jaxlab.errors import UserError
 from jaxlab.models.context import DEFAULT, LayerContext
-from jaxlab.models.depthwise import depthwise_conv
+from jaxlab.models.depthwise import DepthwiseConv
 from jaxlab.models.layers import Conv, FeedForward, Readout, make_param, scale_param
 from jaxlab.models.norms import LayerNorm
 from jaxlab.models.size import Sized
 from jaxlab.param.roles import INPUT, NORM
-
-
-class DepthwiseConv2D(nn.Module):
-  """Depthwise k x k conv, "SAME" padding: kernel [k, k, C] (INPUT role, fan_in = k*k,
-  fan_out = C) applied by pallas_kernels.depthwise_conv2d, scaled by the parametrization's op
-  scales; optional bias [C]."""
-
-  kernel_size: int = 7
-  use_bias: bool = True
-  implementation: str | None = None
-  ctx: LayerContext = DEFAULT
-
-  @nn.compact
-  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    op = lambda a, w: pallas_kernels.depthwise_conv2d(  # noqa: E731
-        a, w, padding="SAME", implementation=self.implementation)
-    return depthwise_conv(self, x_BHWC, op, (self.kernel_size,) * 2,
-                          ("kernel_h", "kernel_w", "conv_out"), self.use_bias)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -75,8 +56,8 @@ class ConvNeXtBlock(nn.Module):
     p, C = self.ctx.parametrization, x_BHWC.shape[-1]
 
     def branch(h):
-      h = DepthwiseConv2D(self.kernel_size, implementation=self.implementation, name="dwconv",
-                          **kw)(h)
+      h = DepthwiseConv((self.kernel_size,) * 2, implementation=self.implementation,
+                        name="dwconv", **kw)(h)
       h = LayerNorm(name="norm", axis_name="conv_out", **kw)(h)
       h = FeedForward(self.mlp_ratio * C, activation="gelu", name="mlp", **kw)(h)
       if self.layer_scale_init:

@@ -1,34 +1,56 @@
-"""The body shared by the depthwise conv layers (convnext.DepthwiseConv2D, longconv.ShortConv):
-a kernel [*taps, C] and an optional bias [C] with ParamMeta, applied through a Pallas op."""
+"""Depthwise convolution, the one layer behind ConvNeXt's k x k conv and the long-convolution
+LM's short causal conv: a kernel [*taps, C] and an optional bias [C] with ParamMeta, applied per
+channel through pallas_kernels.depthwise_conv2d ("SAME") or depthwise_conv1d (causal or "SAME")."""
 
 import math
-from typing import Callable
 
 import flax.linen as nn
 import jax
 
+import pallas_kernels
+from jaxlab.models.context import DEFAULT, LayerContext
 from jaxlab.models.layers import make_param, scale_param
 from jaxlab.param.roles import BIAS, INPUT
 from jaxlab.param.unit_scaling import scaled_op
 
 
-def depthwise_conv(module: nn.Module, x: jax.Array, op: Callable, taps: tuple[int, ...],
-                   axes: tuple[str, ...], use_bias: bool) -> jax.Array:
-  """op(x, kernel) (+ bias) inside `module`'s compact __call__, in module.ctx.dtype.
+class DepthwiseConv(nn.Module):
+  """y[..., c] = sum over the window of w[..., c] x[..., c] (+ b[c]), x [B, *spatial, C].
 
-  kernel [*taps, C] (C = x.shape[-1]; logical axes `axes`, the last one the channels') is
-  INPUT-role with fan_in = prod(taps), fan_out = C, and op runs through scaled_op with the
-  module's parametrization op scales (batch = output positions); bias [C] is BIAS-role.
+  taps: (k, k) for a 2-D "SAME" conv (x [B, H, W, C]) or (k,) for a 1-D conv (x [B, L, C]),
+  causal (y[t] = sum_{j<k} w[j] x[t - j]) or "SAME". The kernel [*taps, C] is INPUT-role
+  (vector-like: fan_in = prod(taps) stays fixed as the width grows, fan_out = C) and runs
+  through scaled_op with the parametrization's op scales (batch = output positions); the bias
+  [C] is BIAS-role. channel_axis: the channels' logical axis name (sharding rules).
   """
-  ctx, C = module.ctx, x.shape[-1]
-  p, dtype = ctx.parametrization, ctx.dtype
-  fan_in = math.prod(taps)
-  kernel = make_param(module, "kernel", (*taps, C), names=axes, role=INPUT, fan_in=fan_in,
-                      fan_out=C, ctx=ctx)
-  batch = x.size // C
-  y = scaled_op(x.astype(dtype), kernel.astype(dtype), op, *p.op_scales(INPUT, fan_in, C, batch))
-  if use_bias:
-    bias = make_param(module, "bias", (C,), names=axes[-1:], role=BIAS, fan_in=1, fan_out=C,
-                      ctx=ctx)
-    y = y + scale_param(bias.astype(dtype), p.op_scales(BIAS, 1, C, batch))
-  return y
+
+  taps: tuple[int, ...]
+  causal: bool = False
+  use_bias: bool = True
+  channel_axis: str = "conv_out"
+  implementation: str | None = None
+  ctx: LayerContext = DEFAULT
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    taps, impl = tuple(self.taps), self.implementation
+    if len(taps) == 2:
+      axes = ("kernel_h", "kernel_w", self.channel_axis)
+      op = lambda a, w: pallas_kernels.depthwise_conv2d(  # noqa: E731
+          a, w, padding="SAME", implementation=impl)
+    else:
+      axes = ("kernel_w", self.channel_axis)
+      op = lambda a, w: pallas_kernels.depthwise_conv1d(  # noqa: E731
+          a, w, causal=self.causal, implementation=impl)
+    ctx, C = self.ctx, x.shape[-1]
+    p, dtype, fan_in = ctx.parametrization, ctx.dtype, math.prod(taps)
+    kernel = make_param(self, "kernel", (*taps, C), names=axes, role=INPUT, fan_in=fan_in,
+                        fan_out=C, ctx=ctx)
+    batch = x.size // C
+    y = scaled_op(x.astype(dtype), kernel.astype(dtype), op,
+                  *p.op_scales(INPUT, fan_in, C, batch))
+    if self.use_bias:
+      bias = make_param(self, "bias", (C,), names=(self.channel_axis,), role=BIAS, fan_in=1,
+                        fan_out=C, ctx=ctx)
+      y = y + scale_param(bias.astype(dtype), p.op_scales(BIAS, 1, C, batch))
+    return y

@@ -8,7 +8,7 @@ Mixer, for x [B, L, D]:
     y = g * (k * (u * v) + skip * (u * v))         k: causal long conv, k [L, D] from SGConv
     out = Dense_out(y)
 ShortConv is a causal depthwise conv of `short_taps` taps on all 3D projected channels
-(pallas_kernels.depthwise_conv1d); `k *` is pallas_kernels.long_conv (FFT on CPU/GPU); the
+(jaxlab.models.depthwise.DepthwiseConv, pallas_kernels.depthwise_conv1d); `k *` is pallas_kernels.long_conv (FFT on CPU/GPU); the
 kernel k comes from pallas_kernels.SGConvKernel (scale i: kernel_dim parameters interpolated to
 kernel_dim * 2^i taps and multiplied by decay^i; concatenated, L2-normalised per channel) of
 length max_len, sliced to the sequence length, so the parameters do not depend on L. `skip` is
@@ -35,7 +35,7 @@ import jax
 import pallas_kernels
 from jaxlab.errors import UserError
 from jaxlab.models.context import DEFAULT, LayerContext
-from jaxlab.models.depthwise import depthwise_conv
+from jaxlab.models.depthwise import DepthwiseConv
 from jaxlab.models.layers import (Dense, Embed, FeedForward, Readout, make_param, scale_param,
                                   split_last)
 from jaxlab.models.norms import norm_class
@@ -44,22 +44,6 @@ from jaxlab.param.roles import INPUT, NORM
 from pallas_kernels.long_convolution import sgconv
 
 NORMS = ("layernorm", "rmsnorm")
-
-
-class ShortConv(nn.Module):
-  """Causal depthwise conv1d: y[t] = sum_{j<taps} w[j] x[t - j] (+ bias), kernel [taps, C]
-  (INPUT role, fan_in = taps, fan_out = C) through pallas_kernels.depthwise_conv1d."""
-
-  taps: int = 3
-  use_bias: bool = True
-  implementation: str | None = None
-  ctx: LayerContext = DEFAULT
-
-  @nn.compact
-  def __call__(self, x_BLC: jax.Array) -> jax.Array:
-    op = lambda a, w: pallas_kernels.depthwise_conv1d(  # noqa: E731
-        a, w, causal=True, implementation=self.implementation)
-    return depthwise_conv(self, x_BLC, op, (self.taps,), ("kernel_w", "mlp"), self.use_bias)
 
 
 class SGConv(nn.Module):
@@ -114,8 +98,8 @@ class LongConvMixer(nn.Module):
     D = x_BLD.shape[-1]
     h = Dense(3 * D, use_bias=self.use_bias, kernel_axes=("embed", "mlp"), name="in_proj",
               **kw)(x_BLD)
-    h = ShortConv(self.short_taps, implementation=self.implementation, name="short_conv",
-                  **kw)(h)
+    h = DepthwiseConv((self.short_taps,), causal=True, channel_axis="mlp",
+                      implementation=self.implementation, name="short_conv", **kw)(h)
     gate, u, v = split_last(h, (D, 2 * D))
     y = SGConv(self.max_len, kernel_dim=self.kernel_dim, decay=self.decay,
                implementation=self.implementation, name="long_conv", **kw)(u * v)

@@ -11,7 +11,8 @@ from jax import lax
 from jaxlab.configs import mnist5k_convnext, mnist5k_resnet
 from jaxlab import models, param
 from jaxlab.errors import UserError
-from jaxlab.models.convnext import ConvNeXtBlock, DepthwiseConv2D
+from jaxlab.models.convnext import ConvNeXtBlock
+from jaxlab.models.depthwise import DepthwiseConv
 from jaxlab.param import roles
 from jaxlab.models.context import LayerContext
 from tests.models.fitting import KEY, fit
@@ -65,14 +66,14 @@ def test_metadata():
 
 def test_depthwise_conv_is_same_padded_cross_correlation():
   x = np.random.default_rng(2).standard_normal((2, 6, 5, 3)).astype(np.float32)
-  layer = DepthwiseConv2D(kernel_size=3, use_bias=False)
+  layer = DepthwiseConv((3, 3), use_bias=False)
   params = param.unbox(layer.init(KEY, x)["params"])
   w = np.asarray(params["kernel"])
   ref = lax.conv_general_dilated(x, w[:, :, None, :], (1, 1), "SAME",
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                  feature_group_count=3, precision=lax.Precision.HIGHEST)
   np.testing.assert_allclose(layer.apply({"params": params}, x), ref, rtol=1e-5, atol=1e-5)
-  interpret = DepthwiseConv2D(kernel_size=3, use_bias=False, implementation="pallas_interpret")
+  interpret = DepthwiseConv((3, 3), use_bias=False, implementation="pallas_interpret")
   np.testing.assert_allclose(interpret.apply({"params": params}, x), ref, rtol=1e-5, atol=1e-5)
 
 
