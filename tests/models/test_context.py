@@ -52,7 +52,7 @@ def test_dtype_errors_name_the_key():
   with pytest.raises(UserError, match=r"config\.model\.dtype is now config\.dtype"):
     models.build(dict(name="mlp", hidden_widths=(8,), num_classes=3, dtype="bfloat16"))
   c = ml_collections.ConfigDict(dict(model=dict(name="mlp", hidden_widths=(8,), num_classes=3),
-                                     parametrization="sp", quant="fp32", param_dtype="int8"))
+                                     param=dict(name="sp"), quant="fp32", param_dtype="int8"))
   spec = ml_collections.ConfigDict(dict(task="classification"))
   with pytest.raises(UserError, match=r"config\.param_dtype='int8'; valid: float32, bfloat16"):
     build_model(c, spec)
