@@ -15,7 +15,7 @@ from jaxlab import models, optim, param, quant, sharding
 from jaxlab.errors import UserError
 from jaxlab.models.context import dtype_of
 from jaxlab.sharding import rules
-from jaxlab.train import tasks
+from jaxlab.train import core, tasks
 from jaxlab.train.state import TrainState
 
 if TYPE_CHECKING:
@@ -78,10 +78,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example: jax.
   shardings = rules.param_shardings(abstract, mesh)
 
   def make(r, example):
-    variables = model.init(r, example)
-    params = param.unbox(variables["params"])
-    extra = {quant.QUANT_STATE: variables[quant.QUANT_STATE]} if (
-        quant.QUANT_STATE in variables) else {}
+    params, extra = core.init_params_and_extra(model, r, example)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       extra=extra)
 
