@@ -42,7 +42,11 @@ _DEPTHS = flags.DEFINE_list("depths", [], "model depths (residual blocks); if se
                             "at the config's width instead of width")
 _BASE_DEPTH = flags.DEFINE_integer("base_depth", 0, "base depth of depth-aware parametrizations")
 _PARAMS = flags.DEFINE_list("parametrizations", ["sp", "mup"], "jaxlab.param names")
-_LRS = flags.DEFINE_list("log2_lrs", ["-14", "-3"], "first,last log2 peak LR (step 1)")
+_LRS = flags.DEFINE_list("log2_lrs", ["-14", "-3"], "first,last log2 peak LR (step 1) at the "
+                         "first size")
+_SHIFT = flags.DEFINE_float("log2_lr_shift", 0.0, "move the LR grid by this many log2 steps per "
+                            "doubling of the size (rounded to whole steps), e.g. -1 for SP + Adam "
+                            "across width, so every size's grid can bracket its optimum")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "seeds per (width, LR), a second vmapped axis")
 _FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "init seeds are first_seed ... first_seed + "
                                    "seeds - 1 (the data order follows config.seed)")
@@ -78,19 +82,21 @@ def main(argv):
                                                  seed=config.seed), _STEPS.value)
   evals = next(data.eval_batches(config.data,
                                  batch_size=_EVAL_BATCH.value or config.eval_batch_size))
-  lo, hi = map(int, _LRS.value)
-  lrs = np.array([2.0**k for k in range(lo, hi + 1)], np.float32)
+  lo0, hi0 = map(int, _LRS.value)
   if _FIRST_SEED.value < 0 or _SEEDS.value < 1:
     raise ValueError(f"--first_seed must be >= 0 and --seeds >= 1 (got {_FIRST_SEED.value}, "
                      f"{_SEEDS.value})")
   seeds = np.arange(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value, dtype=np.uint32)
   axis = "depth" if _DEPTHS.value else "width"
   sizes = list(map(int, _DEPTHS.value or _WIDTHS.value))
-  mesh = lr_mesh(len(lrs))
+  mesh = lr_mesh(hi0 - lo0 + 1)
   results, timing = {}, {}
   for name in _PARAMS.value:
     results[name] = {}
     for width in sizes:
+      offset = int(round(_SHIFT.value * np.log2(width / sizes[0])))
+      lo, hi = lo0 + offset, hi0 + offset
+      lrs = np.array([2.0**k for k in range(lo, hi + 1)], np.float32)
       c = sweep_config(config, name, width)
       model = build_model(c, spec)
       unit_tx = make_tx(c, model, param_info_of(model, example))
@@ -102,7 +108,8 @@ def main(argv):
       final = np.asarray(final)
       mean = mean_over_seeds(final)
       results[name][width] = {"log2_lr": list(range(lo, hi + 1)), "eval_loss": final.tolist(),
-                              "best_log2_lr": lo + int(np.argmin(mean)), "seconds": elapsed}
+                              "best_log2_lr": lo + int(np.argmin(mean)), "seconds": elapsed,
+                              "param": c.param.to_dict()}
       print(f"{name} {axis} {width}: best log2 LR {results[name][width]['best_log2_lr']}, "
             f"eval loss {mean.min():.4f} ({elapsed:.0f} s incl. compile)")
       if _TIME.value and not timing:

@@ -4,7 +4,8 @@
 Normalisation is a LayerNorm over the channels of each pixel (as in ConvNeXt), not BatchNorm:
 BatchNorm needs a mutable 'batch_stats' collection and makes the loss depend on the batch
 composition, while jaxlab's train step is a pure function of 'params' only. Residual branches
-are multiplied by parametrization.residual_multiplier(number of blocks) (1 for SP; depth-muP).
+are added through parametrization.residual (x + r * branch, r = residual_multiplier(number of
+blocks): 1 for SP, (L/L_base)^-alpha for depth-muP; u-muP's weighted add).
 
 Depth and variance control (jaxlab.depth.init_schemes), all off by default:
   norm: layernorm | none (drops every norm: stem, branches, projection shortcuts).
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 from jaxlab.depth import init_schemes
 from jaxlab.errors import UserError
 from jaxlab.models.context import DEFAULT, LayerContext
-from jaxlab.models.layers import Conv, Readout, scale
+from jaxlab.models.layers import Conv, Readout
 from jaxlab.models.norms import LayerNorm, ScalarBias, ScalarGain
 from jaxlab.models.size import Sized
 from jaxlab.param.roles import INPUT
@@ -45,7 +46,8 @@ class BasicBlock(nn.Module):
 
   features: int
   strides: int = 1
-  residual_multiplier: float = 1.0
+  layer: int = 0
+  num_layers: int = 1
   ctx: LayerContext = DEFAULT
   norm: str = "layernorm"
   conv: str = "standard"
@@ -60,20 +62,30 @@ class BasicBlock(nn.Module):
     norm = lambda name: _norm(self.norm, name, self.ctx)  # noqa: E731
     bias = lambda name: ScalarBias(name=name, **kw) if self.fixup else _identity  # noqa: E731
     s0, s1 = self.init_scales
-    x_in = bias("bias_0a")(x_BHWC)
-    h = Conv(self.features, 3, strides=self.strides, init_scale=s0, name="conv_0", **cv)(x_in)
-    h = jax.nn.relu(norm("norm_0")(bias("bias_0b")(h)))
-    h = Conv(self.features, 3, init_scale=s1, name="conv_1", **cv)(bias("bias_1a")(h))
-    h = norm("norm_1")(h)
-    if self.fixup:
-      h = bias("bias_1b")(ScalarGain(1.0, name="multiplier", **kw)(h))
-    if self.branch_gain == "rezero":
-      h = ScalarGain(0.0, name="branch_gain", **kw)(h)
-    shortcut = x_BHWC
+    bias_0a = bias("bias_0a")  # one module, read by the branch and the projection shortcut
+
+    def branch(x):
+      h = Conv(self.features, 3, strides=self.strides, init_scale=s0, name="conv_0", **cv)(
+          bias_0a(x))
+      h = jax.nn.relu(norm("norm_0")(bias("bias_0b")(h)))
+      h = Conv(self.features, 3, init_scale=s1, name="conv_1", **cv)(bias("bias_1a")(h))
+      h = norm("norm_1")(h)
+      if self.fixup:
+        h = bias("bias_1b")(ScalarGain(1.0, name="multiplier", **kw)(h))
+      if self.branch_gain == "rezero":
+        h = ScalarGain(0.0, name="branch_gain", **kw)(h)
+      return h
+
+    def projection(x):
+      x = Conv(self.features, 1, strides=self.strides, name="proj", **cv)(bias_0a(x))
+      return norm("proj_norm")(x)
+
+    shortcut = None
     if self.strides != 1 or x_BHWC.shape[-1] != self.features:
-      shortcut = Conv(self.features, 1, strides=self.strides, name="proj", **cv)(x_in)
-      shortcut = norm("proj_norm")(shortcut)
-    return jax.nn.relu(shortcut + scale(h, self.residual_multiplier))
+      shortcut = projection
+    p = self.ctx.parametrization
+    return jax.nn.relu(p.residual(x_BHWC, branch, layer=self.layer, num_layers=self.num_layers,
+                                  shortcut=shortcut))
 
 
 NORMS = ("layernorm", "none")
@@ -125,7 +137,6 @@ class ResNet(nn.Module, Sized):
     _check(self)
     kw = dict(ctx=self.ctx)
     num_blocks = 3 * self.blocks_per_stage
-    r = self.ctx.parametrization.residual_multiplier(num_blocks)
     fixup = self.init_scheme == "fixup"
     block_kw = dict(norm=self.norm, conv=self.conv, fixup=fixup, branch_gain=self.branch_gain)
     x = Conv(self.width, 3, role=INPUT, use_bias=False, standardize=self.conv == "ws",
@@ -143,7 +154,7 @@ class ResNet(nn.Module, Sized):
           init_scales = (init_schemes.lir_scale(index),) * 2
         else:
           init_scales = (1.0, 1.0)
-        x = BasicBlock(self.width * mult, strides=strides, residual_multiplier=r,
+        x = BasicBlock(self.width * mult, strides=strides, layer=index, num_layers=num_blocks,
                        init_scales=init_scales, name=f"stage_{stage}_block_{b}", **block_kw,
                        **kw)(x)
     x_BC = jnp.mean(x, axis=(1, 2))

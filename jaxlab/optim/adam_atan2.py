@@ -6,11 +6,13 @@ by zero), and is invariant to rescaling the gradients: the epsilon-vs-gradient-s
 that makes Adam's epsilon a width-dependent hyperparameter disappears.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxlab.optim.parametrization import add_scaled_decayed_weights
 
 
 class ScaleByAdamAtan2State(NamedTuple):
@@ -42,10 +44,13 @@ def scale_by_adam_atan2(b1: float = 0.9, b2: float = 0.999, a: float = 1.27,
 
 def adam_atan2(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
                a: float = 1.27, b: float = 1.0,
-               weight_decay: float = 0.0) -> optax.GradientTransformation:
-  """Adam-atan2 with optional decoupled weight decay (as AdamW), then -learning_rate."""
+               weight_decay: float = 0.0, decay: Any = None) -> optax.GradientTransformation:
+  """Adam-atan2 with optional decoupled weight decay (as AdamW; `decay`: per-parameter factors,
+  jaxlab.optim.decay_coefficients), then -learning_rate."""
   parts = [scale_by_adam_atan2(b1, b2, a, b)]
-  if weight_decay:
+  if weight_decay and decay is not None:
+    parts.append(add_scaled_decayed_weights(weight_decay, decay))
+  elif weight_decay:
     parts.append(optax.add_decayed_weights(weight_decay))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*parts)

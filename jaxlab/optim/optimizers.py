@@ -12,6 +12,7 @@ import optax
 
 from jaxlab.errors import UserError
 from jaxlab.optim.adam_atan2 import adam_atan2
+from jaxlab.optim.parametrization import add_scaled_decayed_weights
 
 OPTIMIZERS = ("adamw", "adam", "adam_atan2", "sgd", "lion")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -43,19 +44,31 @@ def make_schedule(cfg: Any, num_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
-def make_optimizer(cfg: Any, num_steps: int, before: optax.GradientTransformation | None = None
-                   ) -> optax.GradientTransformation:
+def make_optimizer(cfg: Any, num_steps: int, before: optax.GradientTransformation | None = None,
+                   decay: Any | None = None) -> optax.GradientTransformation:
   """optax chain: [clip_by_global_norm] -> [before] -> optimizer(schedule); `before` sees the
-  clipped gradients (e.g. jaxlab.optim.scale_adam_eps_by_parametrization)."""
+  clipped gradients (e.g. jaxlab.optim.scale_adam_eps_by_parametrization). `decay`: optional
+  tree of per-parameter factors of the weight decay (jaxlab.optim.decay_coefficients); the
+  decoupled optimizers (adamw, adam_atan2, lion) then decay each parameter by
+  lr * weight_decay * factor, the same chain as optax's otherwise."""
   lr = make_schedule(cfg, num_steps)
-  if cfg.name == "adamw":
+  wd = float(cfg.get("weight_decay", 0.0))
+  scaled = decay is not None and wd != 0.0
+  if cfg.name == "adamw" and scaled:
+    opt = optax.chain(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+                      add_scaled_decayed_weights(wd, decay), optax.scale_by_learning_rate(lr))
+  elif cfg.name == "adamw":
     opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
   elif cfg.name == "adam":
     opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
   elif cfg.name == "adam_atan2":
-    opt = adam_atan2(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    opt = adam_atan2(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                     decay=decay if scaled else None)
   elif cfg.name == "sgd":
     opt = optax.sgd(lr, momentum=cfg.get("momentum", 0.0) or None)
+  elif cfg.name == "lion" and scaled:
+    opt = optax.chain(optax.scale_by_lion(b1=cfg.b1, b2=cfg.b2),
+                      add_scaled_decayed_weights(wd, decay), optax.scale_by_learning_rate(lr))
   elif cfg.name == "lion":
     opt = optax.lion(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
   else:

@@ -26,15 +26,36 @@ def optimizer_family(name: str) -> str:
   return FAMILIES[name]
 
 
+def _per_param(fn, info: Any) -> Any:
+  return jax.tree.map(fn, info, is_leaf=lambda x: isinstance(x, ParamInfo))
+
+
 def lr_scales(p: Parametrization, info: Any, family: str) -> Any:
   """Tree of per-parameter LR multipliers (floats), shaped like `info` (a param_info tree)."""
-  return jax.tree.map(lambda i: p.lr_scale(i.role, i.fan_in, i.fan_out, family), info,
-                      is_leaf=lambda x: isinstance(x, ParamInfo))
+  return _per_param(lambda i: p.lr_scale(i, family), info)
+
+
+def weight_decay_scales(p: Parametrization, info: Any, family: str) -> Any:
+  """Tree of per-parameter decay multipliers: each parameter decays by lr * wd * scale per step."""
+  return _per_param(lambda i: p.weight_decay_scale(i, family), info)
+
+
+def adam_eps_scales(p: Parametrization, info: Any) -> Any:
+  """Tree of per-parameter Adam-epsilon multipliers."""
+  return _per_param(p.adam_eps_scale, info)
+
+
+def decay_coefficients(p: Parametrization, info: Any, family: str) -> Any | None:
+  """Tree of the factors the optimizer's weight decay is multiplied by *before*
+  scale_by_parametrization multiplies the whole update by the LR scale: weight_decay_scale /
+  lr_scale, so each parameter decays by lr * wd * weight_decay_scale. None when all are 1."""
+  coeffs = _per_param(lambda i: p.weight_decay_scale(i, family) / p.lr_scale(i, family), info)
+  return None if all(c == 1.0 for c in jax.tree.leaves(coeffs)) else coeffs
 
 
 def scale_by_parametrization(p: Parametrization, info: Any,
                              family: str = "adam") -> optax.GradientTransformation:
-  """Multiplies each update by `p.lr_scale(role, fan_in, fan_out, family)`; stateless."""
+  """Multiplies each update by `p.lr_scale(info, family)`; stateless."""
   scales = lr_scales(p, info, family)
 
   def update(updates, state, params=None):
@@ -50,13 +71,27 @@ def scale_adam_eps_by_parametrization(p: Parametrization,
   transform placed right before Adam: Adam is invariant to rescaling a parameter's gradient
   except through epsilon, so dividing the gradient by s gives exactly
   m_hat / (sqrt(v_hat) + eps * s). None when every scale is 1."""
-  scales = jax.tree.map(lambda i: p.adam_eps_scale(i.role, i.fan_in, i.fan_out), info,
-                        is_leaf=lambda x: isinstance(x, ParamInfo))
+  scales = adam_eps_scales(p, info)
   if all(s == 1.0 for s in jax.tree.leaves(scales)):
     return None
 
   def update(updates, state, params=None):
     del params
     return jax.tree.map(lambda g, s: g if s == 1.0 else g / s, updates, scales), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def add_scaled_decayed_weights(weight_decay: float,
+                               coefficients: Any) -> optax.GradientTransformation:
+  """optax.add_decayed_weights with a per-parameter factor: u + (weight_decay * c) * p, c from
+  `decay_coefficients` (a tree of floats shaped like the params); stateless."""
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("add_scaled_decayed_weights needs the params (optax.MaskedState-free "
+                       "chains pass them through tx.update(grads, state, params))")
+    return jax.tree.map(lambda u, p, c: u + (weight_decay * c) * p, updates, params,
+                        coefficients), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -14,6 +14,7 @@ import jax
 
 from jaxlab.errors import UserError
 from jaxlab.param import roles
+from jaxlab.param.meta import ParamInfo
 
 
 class OpScales(NamedTuple):
@@ -92,18 +93,24 @@ class Parametrization:
   def residual_multiplier(self, num_layers: int) -> float:
     return 1.0
 
-  def lr_scale(self, role: str, fan_in: int, fan_out: int, family: str = "adam") -> float:
-    roles.check(role)
+  # --- optimizer side: each takes the parameter's ParamInfo (role, fans, axes, in_block) ---
+
+  def lr_scale(self, info: ParamInfo, family: str = "adam") -> float:
+    """Multiplier of the global learning rate for this parameter; `family` is 'adam' (Adam,
+    AdamW, Adam-atan2, Lion) or 'sgd'."""
+    roles.check(info.role)
     return 1.0
 
-  def weight_decay_scale(self, role: str, fan_in: int, fan_out: int) -> float:
-    roles.check(role)
+  def weight_decay_scale(self, info: ParamInfo, family: str = "adam") -> float:
+    """The per-step decay of this parameter as a multiple of lr * weight_decay (jaxlab.optim
+    applies it whatever lr_scale is). SP: 1."""
+    roles.check(info.role)
     return 1.0
 
-  def adam_eps_scale(self, role: str, fan_in: int, fan_out: int) -> float:
+  def adam_eps_scale(self, info: ParamInfo) -> float:
     """Multiplier of Adam's epsilon for this parameter (applied by
     jaxlab.optim.scale_adam_eps_by_parametrization)."""
-    roles.check(role)
+    roles.check(info.role)
     return 1.0
 
   # --- hooks for parametrizations that move scale into the ops (u-muP); SP-family defaults ---
@@ -130,13 +137,16 @@ class Parametrization:
     return 1.0
 
   def residual(self, x: jax.Array, branch: Callable[[jax.Array], jax.Array], *, layer: int,
-               num_layers: int, branch_index: int = 0, branches_per_layer: int = 1) -> jax.Array:
-    """The residual update of one branch (a block has one per sublayer): x + r * branch(x) with
-    r = residual_multiplier(num_layers). u-muP replaces it with a weighted add."""
+               num_layers: int, branch_index: int = 0, branches_per_layer: int = 1,
+               shortcut: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    """The residual update of one branch (a block has one per sublayer): s(x) + r * branch(x)
+    with r = residual_multiplier(num_layers) and s the shortcut (identity unless given, e.g. a
+    ResNet's projection). u-muP replaces it with a weighted add."""
     del layer, branch_index, branches_per_layer
     h = branch(x)
     r = self.residual_multiplier(num_layers)
-    return x + (h if r == 1.0 else h * r)
+    s = x if shortcut is None else shortcut(x)
+    return s + (h if r == 1.0 else h * r)
 
 
 SP = Parametrization
@@ -178,37 +188,58 @@ class PerLayerSP(Parametrization):
 
   name: str = "sp_perlayer"
 
-  def lr_scale(self, role: str, fan_in: int, fan_out: int, family: str = "adam") -> float:
-    roles.check(role)
+  def lr_scale(self, info: ParamInfo, family: str = "adam") -> float:
+    roles.check(info.role)
     if family != "adam":
-      raise UserError(f"config.parametrization='sp_perlayer' prescribes Adam-family learning "
-                      f"rates only (got optimizer family {family!r}, config.optim.name); use 'sp' "
-                      "or 'mup' with SGD")
-    return 1.0 / self.width_mult if role in (roles.HIDDEN, roles.READOUT) else 1.0
+      raise UserError(f"config.param.name='sp_perlayer' prescribes Adam-family learning rates "
+                      f"only (got optimizer family {family!r}, config.optim.name); use 'sp' or "
+                      "'mup' with SGD")
+    return 1.0 / self.width_mult if info.role in (roles.HIDDEN, roles.READOUT) else 1.0
 
-  def adam_eps_scale(self, role: str, fan_in: int, fan_out: int) -> float:
-    roles.check(role)
-    return 1.0 if role == roles.READOUT else 1.0 / math.sqrt(self.width_mult)
+  def adam_eps_scale(self, info: ParamInfo) -> float:
+    roles.check(info.role)
+    return 1.0 if info.role == roles.READOUT else 1.0 / math.sqrt(self.width_mult)
+
+
+WD_CONVENTIONS = ("independent", "coupled")
+
+
+def check_wd_convention(value: str) -> None:
+  if value not in WD_CONVENTIONS:
+    raise UserError(f"config.param.wd_convention={value!r}; valid: independent (the decay per "
+                    "step does not depend on width: microsoft/mup MuAdamW, the CompleteP "
+                    "reference, unit_scaling), coupled (decay x the parameter's LR scale, "
+                    "lr * wd: nanoGPT-mup master)")
 
 
 @dataclasses.dataclass(frozen=True)
 class MuP(Parametrization):
   """Maximal-update parametrization (Yang et al. 2022, Tensor Programs V), in the form of its
-  Table 8 / the microsoft/mup package: relative to SP at the base width,
+  Table 8 / the microsoft/mup package (MuReadout, MuAdam, MuSGD): relative to SP at the base
+  width,
 
     readout: forward multiplier 1/m, init std kept at its base value (sqrt(m) / sqrt(fan_in)),
              or exactly 0 with zero_readout=True;
     attention logits: scale sqrt(base head_dim) / head_dim (1/d instead of 1/sqrt(d); assumes
              head_dim grows with width, heads fixed);
-    Adam LR: hidden (matrix-like) x 1/m; input, readout, biases, norm gains x 1;
-    SGD LR:  input, readout, biases, norm gains (one width-sized dim) x m; hidden x 1.
+    Adam LR: hidden (matrix-like, two width-sized dims) x 1/m; everything else x 1 (MuAdam);
+    SGD LR:  parameters with one width-sized dim (input weights, readout weight, biases and
+             gains of width-sized layers) x m; hidden x 1 (fan_in/fan_out ratio 1); parameters
+             with none (the readout bias, scalar gains) x 1 (MuSGD's fixed group);
+    weight decay (wd_convention): 'independent' (default) decays every parameter by
+             lr * wd per step whatever its LR scale (MuAdamW: wd x m where the LR is / m);
+             'coupled' decays by lr_scale * lr * wd (nanoGPT-mup master);
+    Adam epsilon: not rescaled (as in microsoft/mup).
 
-  Everything else is SP. Weight decay is scaled with the LR (decoupled, as optax.adamw applies
-  it inside the update); Adam epsilon is not rescaled (as in microsoft/mup).
+  Everything else is SP.
   """
 
   name: str = "mup"
   zero_readout: bool = False
+  wd_convention: str = "independent"
+
+  def __post_init__(self):
+    check_wd_convention(self.wd_convention)
 
   def init_std(self, role: str, fan_in: int, fan_out: int) -> float:
     if role == roles.READOUT:
@@ -223,27 +254,48 @@ class MuP(Parametrization):
   def attention_scale(self, head_dim: int) -> float:
     return 1.0 / (math.sqrt(head_dim) * math.sqrt(self.width_mult))
 
-  def lr_scale(self, role: str, fan_in: int, fan_out: int, family: str = "adam") -> float:
-    roles.check(role)
-    m = self.width_mult
+  def width_lr_scale(self, info: ParamInfo, family: str) -> float:
+    """The width part of the LR scale (MuAdam / MuSGD)."""
+    role, m = roles.check(info.role), self.width_mult
     if family == "adam":
       return 1.0 / m if role == roles.HIDDEN else 1.0
     if family == "sgd":
-      return 1.0 if role == roles.HIDDEN else m
+      vector_like = role in (roles.BIAS, roles.NORM)
+      if role == roles.HIDDEN or (vector_like and not info.width_sized):
+        return 1.0
+      return m
     raise ValueError(f"optimizer family {family!r}; valid: adam, sgd")
+
+  def depth_lr_scale(self, info: ParamInfo, family: str) -> float:
+    """The depth part of the LR scale (1 here; depth-muP overrides)."""
+    return 1.0
+
+  def lr_scale(self, info: ParamInfo, family: str = "adam") -> float:
+    return self.width_lr_scale(info, family) * self.depth_lr_scale(info, family)
+
+  def weight_decay_scale(self, info: ParamInfo, family: str = "adam") -> float:
+    if self.wd_convention == "coupled":
+      return self.lr_scale(info, family)
+    return self.depth_lr_scale(info, family)
 
 
 @dataclasses.dataclass(frozen=True)
 class DepthMuP(MuP):
-  """muP plus depth scaling of residual networks: every residual branch is multiplied by
-  (L / L_base)^-alpha and hidden (matrix-like) Adam learning rates by (L / L_base)^(alpha - 1),
-  alpha = 1/2 (Bordelon et al. 2023, "Depthwise Hyperparameter Transfer in Residual Networks";
-  Yang et al. 2023) or alpha = 1 ("CompleteP"). L = number of residual blocks. At L = L_base and
-  m = 1 it is SP exactly.
+  """muP plus depth scaling of residual networks (Bordelon et al. 2023, "Depthwise
+  Hyperparameter Transfer in Residual Networks"; Yang et al. 2023; in the form of the CompleteP
+  reference, Dey et al. 2025, nanoGPT-mup `completep` branch, with its depth_alpha_exp = alpha):
 
-  Adam epsilon follows the gradient scale: x 1/m for every parameter (the readout multiplier
-  1/m scales the whole backward pass) and a further x (L/L_base)^-alpha for hidden weights,
-  which sit inside the residual branches (CompleteP, Dey et al. 2025, Table 1).
+    every residual branch x (L / L_base)^-alpha, L = number of residual blocks;
+    Adam LR: every parameter inside the residual blocks (hidden weights, and the norm gains and
+        biases there) x (L / L_base)^(alpha - 1) on top of muP's width scale; embedding,
+        final norm and readout x 1;
+    weight decay: 'independent' keeps lr * wd per step in width but follows the depth LR scale
+        (the reference's hidden wd is wd x m, its LR x L^(alpha-1) / m); 'coupled': lr_scale;
+    Adam epsilon: x (1/m) (L / L_base)^-alpha for every parameter (the reference scales the
+        optimizer's one epsilon);
+    SGD: muP's width rules, no depth scale.
+
+  alpha = 1/2 here; alpha = 1 is CompleteP. At L = L_base and m = 1 it is SP exactly.
   """
 
   name: str = "depth_mup"
@@ -254,22 +306,20 @@ class DepthMuP(MuP):
       return 1.0
     return (num_layers / self.base_depth) ** -self.alpha
 
-  def lr_scale(self, role: str, fan_in: int, fan_out: int, family: str = "adam") -> float:
-    scale = super().lr_scale(role, fan_in, fan_out, family)
-    if family == "adam" and role == roles.HIDDEN:
-      scale *= self.depth_mult ** (self.alpha - 1.0)
-    return scale
+  def depth_lr_scale(self, info: ParamInfo, family: str) -> float:
+    if family == "adam" and info.in_block:
+      return self.depth_mult ** (self.alpha - 1.0)
+    return 1.0
 
-  def adam_eps_scale(self, role: str, fan_in: int, fan_out: int) -> float:
-    roles.check(role)
-    scale = 1.0 / self.width_mult
-    return scale * self.depth_mult ** -self.alpha if role == roles.HIDDEN else scale
+  def adam_eps_scale(self, info: ParamInfo) -> float:
+    roles.check(info.role)
+    return self.depth_mult ** -self.alpha / self.width_mult
 
 
 @dataclasses.dataclass(frozen=True)
 class CompleteP(DepthMuP):
   """Depth-muP with alpha = 1 ("CompleteP", Dey et al. 2025): residual branches x (L/L_base)^-1,
-  hidden Adam learning rates unscaled in depth."""
+  learning rates unscaled in depth, Adam epsilon x (1/m) (L/L_base)^-1."""
 
   name: str = "completep"
   alpha: float = 1.0

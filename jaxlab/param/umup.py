@@ -23,13 +23,27 @@ and every gradient has RMS ~1 (for unit-RMS inputs and output cotangents):
       counts as much as all branches of one kind and every branch contributes equally (u-muP,
       Appendix G, with residual_mult alpha); this is depth-muP's 1/sqrt(L) in unit-scaled form.
 
-Adam learning-rate scales (absolute; u-muP needs no base model): hidden x 1/sqrt(fan_in) x
-1/sqrt(L); input, readout, biases and gains x 1. Every weight then moves its layer's output by
-~eta per step whatever the width. Adam epsilon is not rescaled (gradients are unit-scaled).
-Differences from the paper: the embedding LR is constant (muP) rather than u-muP's empirical
-1/sqrt(d_model); norm gains are kept (trainable); the loss gradient is not rescaled (Adam is
-invariant to it). SGD is not supported (the authors' own SGD rules were later found wrong).
-Unlike the other parametrizations u-muP is not SP at any width: its init is unit-scaled.
+Adam learning-rate scales (absolute; u-muP needs no base model; graphcore unit_scaling's
+`lr_scale_func_adam`): every weight x 1/sqrt(fan_in), biases, gains and the readout x 1, and
+every parameter inside the L residual blocks (weights, norms and biases) a further x 1/sqrt(L)
+(its `mup_scaling_depth`); a model without residual blocks (the MLP) has no depth factor. Every
+weight then moves its layer's output by ~eta per step whatever the width. Weight decay
+(wd_convention): 'independent' (default) decays every parameter by lr * wd per step whatever its
+LR scale (unit_scaling's independent_weight_decay also divides by the peak LR: its decay is wd
+per step; ours keeps optax's lr * wd); 'coupled': lr_scale * lr * wd. Adam epsilon is not
+rescaled (gradients are unit-scaled).
+
+Differences from the reference, each deliberate:
+  * embedding_lr='mup' (default): lookup tables (token and position embeddings) keep LR x 1, as
+    in muP; the reference treats them as weights with fan_in = d_model (x 1/sqrt(d_model), the
+    paper's empirical rule): embedding_lr='unit_scaling'.
+  * biases are added after the op's output scale (y = x W / sqrt(fan_in) + b), the reference adds
+    them before it ((x W + b) / sqrt(fan_in)): with LR x 1 an unscaled bias moves its output by
+    ~eta per step at every width, the u-muP principle; inside the scale its step would shrink as
+    1/sqrt(fan_in).
+  * norm gains are kept (trainable); the loss gradient is not rescaled (Adam is invariant to it).
+SGD is not supported (the authors' own SGD rules were later found wrong). Unlike the other
+parametrizations u-muP is not SP at any width: its init is unit-scaled.
 """
 
 import dataclasses
@@ -40,8 +54,12 @@ import jax
 
 from jaxlab.errors import UserError
 from jaxlab.param import roles
-from jaxlab.param.base import OpScales, Parametrization
+from jaxlab.param.base import OpScales, Parametrization, check_wd_convention
+from jaxlab.param.meta import ParamInfo
 from jaxlab.param.unit_scaling import gaussian_rms, scale_bwd, scale_fwd
+
+
+EMBEDDING_LRS = ("mup", "unit_scaling")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +67,15 @@ class UMuP(Parametrization):
   name: str = "umup"
   residual_mult: float = 1.0
   attention_mult: float = 1.0
+  embedding_lr: str = "mup"
+  wd_convention: str = "independent"
+
+  def __post_init__(self):
+    check_wd_convention(self.wd_convention)
+    if self.embedding_lr not in EMBEDDING_LRS:
+      raise UserError(f"config.param.embedding_lr={self.embedding_lr!r}; valid: "
+                      f"{', '.join(EMBEDDING_LRS)} (mup: x 1; unit_scaling: x 1/sqrt(d_model), "
+                      "the reference's rule)")
 
   def init_std(self, role: str, fan_in: int, fan_out: int) -> float:
     roles.check(role)
@@ -92,18 +119,25 @@ class UMuP(Parametrization):
     return a / math.sqrt(num_layers + index * a * a)
 
   def residual(self, x: jax.Array, branch: Callable[[jax.Array], jax.Array], *, layer: int,
-               num_layers: int, branch_index: int = 0, branches_per_layer: int = 1) -> jax.Array:
+               num_layers: int, branch_index: int = 0, branches_per_layer: int = 1,
+               shortcut: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     tau = self.residual_tau(layer * branches_per_layer + branch_index, num_layers)
     skip, res = 1.0 / math.sqrt(1.0 + tau * tau), tau / math.sqrt(1.0 + tau * tau)
-    return x * skip + scale_fwd(branch(scale_bwd(x, res)), res)
+    s = x if shortcut is None else shortcut(x)
+    return s * skip + scale_fwd(branch(scale_bwd(x, res)), res)
 
-  def lr_scale(self, role: str, fan_in: int, fan_out: int, family: str = "adam") -> float:
-    roles.check(role)
+  def lr_scale(self, info: ParamInfo, family: str = "adam") -> float:
+    role = roles.check(info.role)
     if family != "adam":
       raise UserError(f"config.param.name='umup' prescribes Adam-family learning rates only "
                       f"(got optimizer family {family!r}); config.optim.name: use adamw, adam, "
                       "adam_atan2 or lion")
-    if role != roles.HIDDEN:
-      return 1.0
-    depth = 1.0 / math.sqrt(self.depth) if self.depth else 1.0
-    return depth / math.sqrt(fan_in)
+    depth = 1.0 / math.sqrt(self.depth) if info.in_block and self.depth else 1.0
+    if role in (roles.BIAS, roles.NORM, roles.READOUT):
+      return depth
+    if role == roles.INPUT and info.names[:1] in (("vocab",), ("position",)):  # a lookup table
+      return depth / math.sqrt(info.fan_out) if self.embedding_lr == "unit_scaling" else depth
+    return depth / math.sqrt(info.fan_in)
+
+  def weight_decay_scale(self, info: ParamInfo, family: str = "adam") -> float:
+    return self.lr_scale(info, family) if self.wd_convention == "coupled" else 1.0

@@ -51,12 +51,15 @@ def param_info_of(model: nn.Module, example: jax.Array) -> Any:
 def make_tx(config: "ml_collections.ConfigDict", model: nn.Module,
             info: Any) -> optax.GradientTransformation:
   """config.optim's optimizer followed by the model's parametrization's per-parameter LR scales
-  (and, for Adam, its per-parameter epsilon scales)."""
+  (and, for Adam, its per-parameter epsilon scales; with weight decay, its per-parameter decay
+  scales)."""
   family = optim.optimizer_family(config.optim.name)
   p = model.ctx.parametrization
   eps = (optim.scale_adam_eps_by_parametrization(p, info)
          if config.optim.name in optim.WITH_EPSILON else None)
-  return optax.chain(optim.make_optimizer(config.optim, config.num_steps, before=eps),
+  decay = optim.decay_coefficients(p, info, family)
+  return optax.chain(optim.make_optimizer(config.optim, config.num_steps, before=eps,
+                                          decay=decay),
                      optim.scale_by_parametrization(p, info, family))
 
 

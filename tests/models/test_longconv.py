@@ -34,18 +34,18 @@ def test_metadata_and_shapes():
   boxed = _shapes(model)
   info = param.param_info(boxed)
   assert sorted(info) == ["block_0", "block_1", "embed", "final_norm", "readout"]
-  assert info["embed"]["embedding"] == (roles.INPUT, V, D, ("vocab", "embed"))
-  assert info["readout"]["kernel"] == (roles.READOUT, D, V, ("embed", "vocab"))
+  assert info["embed"]["embedding"][:4] == (roles.INPUT, V, D, ("vocab", "embed"))
+  assert info["readout"]["kernel"][:4] == (roles.READOUT, D, V, ("embed", "vocab"))
   mixer = info["block_1"]["mixer"]
-  assert mixer["in_proj"]["kernel"] == (roles.HIDDEN, D, 3 * D, ("embed", "mlp"))
-  assert mixer["out_proj"]["kernel"] == (roles.HIDDEN, D, D, ("mlp", "embed"))
-  assert mixer["short_conv"]["kernel"] == (roles.INPUT, 3, 3 * D, ("kernel_w", "mlp"))
-  assert mixer["short_conv"]["bias"] == (roles.BIAS, 1, 3 * D, ("mlp",))
+  assert mixer["in_proj"]["kernel"][:4] == (roles.HIDDEN, D, 3 * D, ("embed", "mlp"))
+  assert mixer["out_proj"]["kernel"][:4] == (roles.HIDDEN, D, D, ("mlp", "embed"))
+  assert mixer["short_conv"]["kernel"][:4] == (roles.INPUT, 3, 3 * D, ("kernel_w", "mlp"))
+  assert mixer["short_conv"]["bias"][:4] == (roles.BIAS, 1, 3 * D, ("mlp",))
   # SGConv with kernel_dim 4 and length 32: scales of 4, 8, 16, 32 taps (4 * 15 >= 32 > 4 * 7)
   assert sorted(mixer["long_conv"]) == ["kernel_0", "kernel_1", "kernel_2", "kernel_3", "skip"]
-  assert mixer["long_conv"]["kernel_3"] == (roles.INPUT, 4, D, ("kernel_w", "mlp"))
-  assert mixer["long_conv"]["skip"] == (roles.NORM, D, D, ("mlp",))
-  assert info["block_0"]["mlp"]["up"]["kernel"] == (roles.HIDDEN, D, 4 * D, ("embed", "mlp"))
+  assert mixer["long_conv"]["kernel_3"][:4] == (roles.INPUT, 4, D, ("kernel_w", "mlp"))
+  assert mixer["long_conv"]["skip"][:4] == (roles.NORM, D, D, ("mlp",))
+  assert info["block_0"]["mlp"]["up"]["kernel"][:4] == (roles.HIDDEN, D, 4 * D, ("embed", "mlp"))
   assert info["block_0"]["mixer_norm"]["scale"].role == roles.NORM
   is_info = lambda x: isinstance(x, param.ParamInfo)
   assert (len(jax.tree_util.tree_leaves(info, is_leaf=is_info))

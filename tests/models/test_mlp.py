@@ -22,9 +22,9 @@ def test_shapes_and_metadata():
   assert set(variables) == {"params"}
   assert model.apply(variables, IMAGES[:3]).shape == (3, 10)
   info = param.param_info(variables["params"])
-  assert info["dense_0"]["kernel"] == (roles.INPUT, 64, 16, ("input", "mlp"))
-  assert info["dense_1"]["kernel"] == (roles.HIDDEN, 16, 12, ("embed", "mlp"))
-  assert info["readout"]["kernel"] == (roles.READOUT, 12, 10, ("embed", "classes"))
+  assert info["dense_0"]["kernel"][:4] == (roles.INPUT, 64, 16, ("input", "mlp"))
+  assert info["dense_1"]["kernel"][:4] == (roles.HIDDEN, 16, 12, ("embed", "mlp"))
+  assert info["readout"]["kernel"][:4] == (roles.READOUT, 12, 10, ("embed", "classes"))
   assert info["readout"]["bias"].role == roles.BIAS
   is_info = lambda x: isinstance(x, param.ParamInfo)
   assert (len(jax.tree_util.tree_leaves(info, is_leaf=is_info))

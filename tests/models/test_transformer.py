@@ -45,14 +45,14 @@ def test_metadata_and_block_names():
   boxed = _shapes(_lm(positional="learned"))
   info = param.param_info(boxed)
   assert sorted(info) == ["block_0", "block_1", "embed", "final_norm", "pos_embed", "readout"]
-  assert info["embed"]["embedding"] == (roles.INPUT, V, D, ("vocab", "embed"))
-  assert info["pos_embed"]["embedding"] == (roles.INPUT, 64, D, ("position", "embed"))
-  assert info["readout"]["kernel"] == (roles.READOUT, D, V, ("embed", "vocab"))
+  assert info["embed"]["embedding"][:4] == (roles.INPUT, V, D, ("vocab", "embed"))
+  assert info["pos_embed"]["embedding"][:4] == (roles.INPUT, 64, D, ("position", "embed"))
+  assert info["readout"]["kernel"][:4] == (roles.READOUT, D, V, ("embed", "vocab"))
   block = info["block_1"]
-  assert block["attn"]["qkv"]["kernel"] == (roles.HIDDEN, D, 3 * D, ("embed", "heads"))
-  assert block["attn"]["out"]["kernel"] == (roles.HIDDEN, D, D, ("heads", "embed"))
-  assert block["mlp"]["up"]["kernel"] == (roles.HIDDEN, D, 4 * D, ("embed", "mlp"))
-  assert block["mlp"]["down"]["kernel"] == (roles.HIDDEN, 4 * D, D, ("mlp", "embed"))
+  assert block["attn"]["qkv"]["kernel"][:4] == (roles.HIDDEN, D, 3 * D, ("embed", "heads"))
+  assert block["attn"]["out"]["kernel"][:4] == (roles.HIDDEN, D, D, ("heads", "embed"))
+  assert block["mlp"]["up"]["kernel"][:4] == (roles.HIDDEN, D, 4 * D, ("embed", "mlp"))
+  assert block["mlp"]["down"]["kernel"][:4] == (roles.HIDDEN, 4 * D, D, ("mlp", "embed"))
   assert block["attn_norm"]["scale"].role == roles.NORM
   is_info = lambda x: isinstance(x, param.ParamInfo)
   assert (len(jax.tree_util.tree_leaves(info, is_leaf=is_info))

@@ -16,6 +16,14 @@ from jaxlab.models.context import LayerContext
 
 FANS = {roles.INPUT: (784, 256), roles.HIDDEN: (256, 1024), roles.READOUT: (256, 10),
         roles.BIAS: (1, 256), roles.NORM: (256, 256)}
+NAMES = {roles.INPUT: ("input", "mlp"), roles.HIDDEN: ("embed", "mlp"),
+         roles.READOUT: ("embed", "classes"), roles.BIAS: ("mlp",), roles.NORM: ("embed",)}
+
+
+def pinfo(role, fan_in=None, fan_out=None, in_block=False):
+  """A ParamInfo of this role (fans from FANS unless given), outside residual blocks."""
+  fi, fo = FANS[role]
+  return param.ParamInfo(role, fan_in or fi, fan_out or fo, NAMES[role], in_block)
 
 
 @pytest.mark.parametrize("role", roles.ALL)
@@ -25,7 +33,7 @@ def test_mup_at_base_width_is_sp_exactly(role):
   assert mup.init_std(role, fi, fo) == sp.init_std(role, fi, fo)
   assert mup.forward_multiplier(role, fi, fo) == sp.forward_multiplier(role, fi, fo) == 1.0
   for family in ("adam", "sgd"):
-    assert mup.lr_scale(role, fi, fo, family) == sp.lr_scale(role, fi, fo, family) == 1.0
+    assert mup.lr_scale(pinfo(role, fi, fo), family) == sp.lr_scale(pinfo(role, fi, fo), family) == 1.0
   assert mup.attention_scale(64) == sp.attention_scale(64)
 
 
@@ -42,9 +50,9 @@ def test_mup_table_at_width_multiplier_4():
     fi, fo = FANS[role]
     assert p.forward_multiplier(role, fi, fo) == mult
     assert p.init_std(role, fi, fo) * math.sqrt(fi) == pytest.approx(std)
-    assert (p.lr_scale(role, fi, fo, "adam"), p.lr_scale(role, fi, fo, "sgd")) == (adam, sgd)
+    assert (p.lr_scale(pinfo(role, fi, fo), "adam"), p.lr_scale(pinfo(role, fi, fo), "sgd")) == (adam, sgd)
   for role in (roles.BIAS, roles.NORM):
-    assert (p.lr_scale(role, *FANS[role], "adam"), p.lr_scale(role, *FANS[role], "sgd")) == (1.0, 4.0)
+    assert (p.lr_scale(pinfo(role), "adam"), p.lr_scale(pinfo(role), "sgd")) == (1.0, 4.0)
   assert p.attention_scale(64) == pytest.approx(1 / 16)  # sqrt(base head dim 16) / 64
   assert param.get("mup", base_width=64, zero_readout=True).resolve(256).init_std(
       roles.READOUT, 256, 10) == 0.0
@@ -85,8 +93,11 @@ def test_unknown_option_is_named_with_the_options_taken():
 
 def test_options_come_from_the_class_fields():
   assert param.options("sp") == ("base_width", "base_depth")
-  assert param.options("mup") == ("base_width", "base_depth", "zero_readout")
-  assert param.options("completep") == ("base_width", "base_depth", "zero_readout", "alpha")
+  assert param.options("mup") == ("base_width", "base_depth", "zero_readout", "wd_convention")
+  assert param.options("completep") == ("base_width", "base_depth", "zero_readout",
+                                        "wd_convention", "alpha")
+  with pytest.raises(UserError, match="config.param.wd_convention='decoupled'; valid"):
+    param.get("mup", wd_convention="decoupled")
 
 
 def test_a_config_param_block_goes_straight_to_get():
@@ -104,15 +115,16 @@ def test_depth_mup_table(name, alpha):
   p = param.get(name, base_width=64, base_depth=2).resolve(256, 8)
   assert p.alpha == alpha and p.depth_mult == 4.0
   assert p.residual_multiplier(8) == pytest.approx(4.0 ** -alpha)
-  assert p.lr_scale(roles.HIDDEN, 256, 1024, "adam") == pytest.approx(0.25 * 4.0 ** (alpha - 1))
-  assert p.lr_scale(roles.INPUT, 784, 256, "adam") == 1.0
+  assert p.lr_scale(pinfo(roles.HIDDEN, 256, 1024, in_block=True), "adam") == pytest.approx(
+      0.25 * 4.0 ** (alpha - 1))
+  assert p.lr_scale(pinfo(roles.INPUT, 784, 256), "adam") == 1.0
   assert p.forward_multiplier(roles.READOUT, 256, 10) == 0.25  # muP part unchanged
   base = param.get(name, base_width=64, base_depth=2).resolve(64, 2)
   sp = param.SP()
   assert base.residual_multiplier(2) == 1.0
   for role in roles.ALL:
     fi, fo = FANS[role]
-    assert base.lr_scale(role, fi, fo, "adam") == sp.lr_scale(role, fi, fo, "adam")
+    assert base.lr_scale(pinfo(role, fi, fo), "adam") == sp.lr_scale(pinfo(role, fi, fo), "adam")
     assert base.init_std(role, fi, fo) == sp.init_std(role, fi, fo)
 
 
@@ -167,7 +179,7 @@ def test_ntk_table_and_sp_at_base_width():
     assert std == pytest.approx(sp.init_std(role, fi, fo) * (2.0 if grows else 1.0))
     assert mult * std == pytest.approx(sp.init_std(role, fi, fo))  # same function at init
     for family in ("adam", "sgd"):
-      assert p.lr_scale(role, fi, fo, family) == 1.0
+      assert p.lr_scale(pinfo(role, fi, fo), family) == 1.0
   base = param.get("ntk", base_width=64).resolve(64)
   for role in roles.ALL:
     fi, fo = FANS[role]
@@ -183,16 +195,18 @@ def test_per_layer_sp_table():
               roles.BIAS: (1.0, 0.5), roles.NORM: (1.0, 0.5)}
   for role, (lr, eps) in expected.items():
     fi, fo = FANS[role]
-    assert (p.lr_scale(role, fi, fo, "adam"), p.adam_eps_scale(role, fi, fo)) == (lr, eps)
+    assert (p.lr_scale(pinfo(role, fi, fo), "adam"), p.adam_eps_scale(pinfo(role, fi, fo))) == (lr, eps)
     assert p.init_std(role, fi, fo) == param.SP().init_std(role, fi, fo)
   with pytest.raises(UserError, match="Adam-family"):
-    p.lr_scale(roles.HIDDEN, 256, 256, "sgd")
+    p.lr_scale(pinfo(roles.HIDDEN, 256, 256), "sgd")
 
 
 def test_depth_mup_epsilon_rule():
+  """The CompleteP reference scales the one Adam epsilon by (1/m) (L/L_base)^-alpha."""
   p = param.get("depth_mup", base_width=64, base_depth=2).resolve(256, 8)
-  assert p.adam_eps_scale(roles.HIDDEN, 256, 1024) == pytest.approx(0.25 * 4.0 ** -0.5)
-  assert p.adam_eps_scale(roles.INPUT, 784, 256) == pytest.approx(0.25)
+  for role in roles.ALL:
+    for in_block in (False, True):
+      assert p.adam_eps_scale(pinfo(role, in_block=in_block)) == pytest.approx(0.25 * 4.0 ** -0.5)
 
 
 def test_adam_eps_scaling_equals_adam_with_a_per_parameter_epsilon():
@@ -217,7 +231,7 @@ def test_adam_eps_scaling_equals_adam_with_a_per_parameter_epsilon():
     ref_v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, ref_v, grads)
     ref = jax.tree.map(
         lambda m, v, i: -lr * (m / (1 - b1**t)) / (
-            jnp.sqrt(v / (1 - b2**t)) + eps * p.adam_eps_scale(i.role, i.fan_in, i.fan_out)),
+            jnp.sqrt(v / (1 - b2**t)) + eps * p.adam_eps_scale(i)),
         ref_m, ref_v, info, is_leaf=lambda x: is_info(x) or isinstance(x, jax.Array))
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref)):
       np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9)

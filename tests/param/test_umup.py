@@ -170,12 +170,20 @@ def test_umup_scale_table():
   assert p.forward_multiplier(roles.HIDDEN, fi, fo) == pytest.approx(1 / math.sqrt(fi))
   assert p.forward_multiplier(roles.READOUT, fi, 10) == pytest.approx(1 / fi)
   assert p.attention_scale(64) == pytest.approx(1 / 64)
-  assert p.lr_scale(roles.HIDDEN, fi, fo) == pytest.approx(1 / math.sqrt(fi) / math.sqrt(4))
-  for role in (roles.INPUT, roles.READOUT, roles.BIAS, roles.NORM):
-    assert p.lr_scale(role, fi, fo) == 1.0
-    assert p.adam_eps_scale(role, fi, fo) == 1.0
+  hidden = param.ParamInfo(roles.HIDDEN, fi, fo, ("embed", "mlp"), True)
+  assert p.lr_scale(hidden) == pytest.approx(1 / math.sqrt(fi) / math.sqrt(4))
+  for role in (roles.READOUT, roles.BIAS, roles.NORM):
+    assert p.lr_scale(param.ParamInfo(role, fi, fo, ("embed",))) == 1.0
+    assert p.lr_scale(param.ParamInfo(role, fi, fo, ("embed",), True)) == pytest.approx(0.5)
+    assert p.adam_eps_scale(param.ParamInfo(role, fi, fo)) == 1.0
+  embedding = param.ParamInfo(roles.INPUT, 256, fi, ("vocab", "embed"))
+  assert p.lr_scale(embedding) == 1.0
+  assert param.get("umup", embedding_lr="unit_scaling").resolve(512, 4).lr_scale(
+      embedding) == pytest.approx(1 / math.sqrt(fi))
+  assert p.lr_scale(param.ParamInfo(roles.INPUT, 784, fi, ("input", "mlp"))) == pytest.approx(
+      1 / 28)
   with pytest.raises(UserError, match="Adam-family"):
-    p.lr_scale(roles.HIDDEN, fi, fo, "sgd")
+    p.lr_scale(hidden, "sgd")
 
 
 def test_umup_lm_trains():
