@@ -20,8 +20,7 @@ import pytest
 from jaxlab import param
 from jaxlab.configs import common
 from jaxlab.data.pipeline import DataSpec
-from jaxlab.models.layers import num_params  # noqa: F401  (models import order)
-from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
+from jaxlab.train.init import build_model, dummy_input, make_tx
 from tests.param.reference_table import Param, expected
 
 IMAGE = DataSpec("classification", num_classes=10, input_shape=(28, 28, 1))
