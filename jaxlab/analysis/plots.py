@@ -80,6 +80,42 @@ def lr_transfer_figure(results: dict, axis: str = "width"):
   return fig
 
 
+def lr_optimum_figure(report: dict):
+  """report["parametrizations"][param]["sizes"][size] = {"log2_lr", "interval", "bracketed"}
+  (jaxlab.analysis.lr_fit.fit_report) -> the fitted optimum log2 LR vs log2 size with its 95%
+  bootstrap interval as error bars, a line per parametrization (nudged sideways so the bars do
+  not hide each other; an unbracketed optimum drawn hollow), the drift per doubling in the
+  legend."""
+  fig = Figure(figsize=(5.5, 3.8))
+  ax = fig.subplots()
+  params = report["parametrizations"]
+  all_sizes = sorted({float(s) for r in params.values() for s in r["sizes"]})
+  for k, ((name, r), marker) in enumerate(zip(params.items(), "osD^vP*X" * 4)):
+    sizes = sorted(r["sizes"], key=float)
+    x = np.log2([float(s) for s in sizes]) + 0.06 * (k - (len(params) - 1) / 2)
+    y = np.array([r["sizes"][s]["log2_lr"] for s in sizes])
+    lo, hi = np.array([r["sizes"][s]["interval"] for s in sizes]).T
+    d = r["drift"]
+    label = name if d is None else (f"{name}: {d['per_doubling']:+.2f} "
+                                    f"[{d['interval'][0]:+.2f}, {d['interval'][1]:+.2f}]/doubling")
+    bars = ax.errorbar(x, y, yerr=[np.maximum(y - lo, 0), np.maximum(hi - y, 0)], marker=marker,
+                       ms=5, capsize=3, label=label)
+    color = bars[0].get_color()
+    edge = [not r["sizes"][s]["bracketed"] for s in sizes]
+    if any(edge):
+      ax.plot(x[edge], y[edge], linestyle="none", marker=marker, ms=5, color="white",
+              markeredgecolor=color, label="_unbracketed")
+  ax.set_xticks(np.log2(all_sizes), [f"{s:g}" for s in all_sizes])
+  ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=False, nbins=6, min_n_ticks=3))
+  ax.set(xlabel=f"{report.get('axis', 'width')} (log2 scale)",
+         ylabel="optimal log2 LR (parabola fit)",
+         title="optimum and 95% bootstrap interval; hollow: on the grid edge")
+  ax.title.set_fontsize(8)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
 def depth_profile_figure(results: dict):
   """results[run] = {"block_variance", "grad_norms", "removal_loss_delta"} per block
   (depth_study.json) -> three panels vs block index, a curve per run."""
