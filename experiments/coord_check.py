@@ -6,8 +6,10 @@ r"""Coordinate check: per-layer mean |activation| vs width over the first traini
       --widths=64,128,256,512 --base_width=64 --workdir=/tmp/cc_lm
 
 Trains each width on one fixed real batch with the config's optimizer at a constant learning
-rate (--lr overrides it) and writes coord_check.json and coord_check.png to --workdir. The
-summary printed last is the wide/narrow ratio of each layer at the last step.
+rate (--lr overrides it) and writes coord_check.json ({results: {parametrization: {width:
+history}}, parametrizations: every field of each resolved parametrization, lr, optimizer}) and
+coord_check.png to --workdir. The summary printed last is the wide/narrow ratio of each layer at
+the last step.
 """
 
 import json
@@ -19,7 +21,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from experiments.width_configs import config_at
-from jaxlab import data
+from jaxlab import data, param
 from jaxlab.analysis import coord_check, plots
 from jaxlab.train import tasks
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
@@ -52,17 +54,22 @@ def main(argv):
   batch = next(data.make_train_iterator(config.data, batch_size=_BATCH.value or config.batch_size,
                                         seed=config.seed))
   example = dummy_input(spec, config.data.get("seq_len", 0))
-  results = {}
+  results, described = {}, {}
   for name in _PARAMS.value:
+    described[name] = {}
+
     def build(width, name=name):
       c = coord_config(config, name, width)
       model = build_model(c, spec)
+      described[name][str(width)] = param.describe(model.ctx.parametrization)
       return model, make_tx(c, model, param_info_of(model, example))
     results[name] = coord_check(build, [int(w) for w in _WIDTHS.value], batch, tasks.get(spec.task),
                                 _STEPS.value, seed=config.seed)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "coord_check.json"), "w") as f:
-    json.dump({n: {str(w): h for w, h in r.items()} for n, r in results.items()}, f, indent=1)
+    json.dump({"results": {n: {str(w): h for w, h in r.items()} for n, r in results.items()},
+               "parametrizations": described, "lr": config.optim.learning_rate if not _LR.value
+               else _LR.value, "optimizer": config.optim.name}, f, indent=1)
   plots.coord_check_grid(results, os.path.join(_WORKDIR.value, "coord_check.png"))
   lo, hi = min(map(int, _WIDTHS.value)), max(map(int, _WIDTHS.value))
   for name, r in results.items():

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from jaxlab import data
+from jaxlab import data, param
 from jaxlab.analysis import depth_diagnostics as dd, plots
 from jaxlab.analysis.lr_sweep import scan_train, stack_batches
 from jaxlab.depth import placement
@@ -169,6 +169,7 @@ def main(argv):
   with open(os.path.join(_WORKDIR.value, "depth_study.json"), "w") as f:
     json.dump({"depth": _DEPTH.value, "steps": _STEPS.value, "learning_rates": lrs,
                "warmup_steps": warmup, "results": results, "best_runs": best_runs(results),
+               "parametrization": param.describe(param.get(**config.param)),
                "config": config.to_dict()}, f, indent=1, default=str)
   md = table(results) + ("\n" + lr_table(results) if len(lrs) > 1 else "")
   with open(os.path.join(_WORKDIR.value, "depth_study.md"), "w") as f:

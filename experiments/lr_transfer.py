@@ -29,7 +29,7 @@ import optax
 from ml_collections import config_flags
 
 from experiments.width_configs import config_at, config_at_depth
-from jaxlab import data
+from jaxlab import data, param
 from jaxlab.analysis import plots
 from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep, mean_over_seeds, stack_batches  # noqa
 from jaxlab.train import tasks
@@ -109,7 +109,7 @@ def main(argv):
       mean = mean_over_seeds(final)
       results[name][width] = {"log2_lr": list(range(lo, hi + 1)), "eval_loss": final.tolist(),
                               "best_log2_lr": lo + int(np.argmin(mean)), "seconds": elapsed,
-                              "param": c.param.to_dict()}
+                              "param": param.describe(model.ctx.parametrization)}
       print(f"{name} {axis} {width}: best log2 LR {results[name][width]['best_log2_lr']}, "
             f"eval loss {mean.min():.4f} ({elapsed:.0f} s incl. compile)")
       if _TIME.value and not timing:

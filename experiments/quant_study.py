@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from jaxlab import data, quant, sharding
+from jaxlab import data, param, quant, sharding
 from jaxlab.analysis import plots
 from jaxlab.quant import ptq
 from jaxlab.train import checkpoint, loop, step as step_lib, tasks
@@ -200,6 +200,7 @@ def run(config: ml_collections.ConfigDict, policies: Sequence[str], ptq_names: S
             f"{100 * r['eval_accuracy']:.2f}%, logits rel. error {r['logits_rel_error']:.3g}")
   relative_to_fp32(results)
   out = {"num_steps": int(config.num_steps), "model": config.model.to_dict(),
+         "parametrization": param.describe(param.get(**config.param)),
          "data": config.data.name, "results": results, "config": config.to_dict()}
   with open(os.path.join(workdir, "quant_study.json"), "w") as f:
     json.dump(out, f, indent=1, default=str)

@@ -37,3 +37,9 @@ def get(name: str, base_width: int = 0, base_depth: int = 0, **opts) -> Parametr
       raise UserError(f"config.param.{key}: parametrization {name!r} takes no option {key!r};"
                       f" its options: {', '.join(valid)}")
   return REGISTRY[name](base_width=int(base_width), base_depth=int(base_depth), **opts)
+
+
+def describe(p: Parametrization) -> dict:
+  """Every field of a (resolved) parametrization, name and options included (e.g. mup's
+  wd_convention), as the plain dict each results JSON records."""
+  return dataclasses.asdict(p)

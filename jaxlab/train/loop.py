@@ -286,6 +286,7 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop) -> dict[str,
   writer = MetricsWriter(workdir, resume_step=start, enabled=is_chief)
   if is_chief:  # every check passed: the config goes on the record
     workdir_lib.record_config(workdir, config.to_json(indent=2), start, changes if start else {})
+    workdir_lib.record_parametrization(workdir, param_lib.describe(model.ctx.parametrization))
 
   def save():
     nonlocal last_ckpt

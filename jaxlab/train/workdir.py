@@ -2,6 +2,9 @@
 
 Files (written by process 0 only):
   config.json         the config in force now; written only once every start-up check passed.
+  parametrization.json  every field of the resolved parametrization (jaxlab.param.describe:
+                      name, width, depth and the options in force, defaults included, e.g.
+                      muP's wd_convention), written with config.json.
   config.<step>.json  the config that was in force up to checkpoint <step>, kept when a resume
                       from <step> changed a recorded key (see below).
   metrics.jsonl       gets a row {"step": <step>, "config_change": [keys]} at such a resume.
@@ -34,6 +37,7 @@ from typing import Any, Iterable, Mapping
 from absl import logging
 
 CONFIG = "config.json"
+PARAMETRIZATION = "parametrization.json"
 LOCK = ".lock"
 FREE_KEYS = ("log_every", "eval_every", "stats_every", "checkpoint_every", "max_to_keep",
              "depth_metrics_every", "eval_batch_size", "data.data_dir", "mesh", "divergence")
@@ -153,6 +157,11 @@ def _write_atomic(path: str, text: str) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def record_parametrization(workdir: str, described: Mapping[str, Any]) -> None:
+  """Writes parametrization.json (`jaxlab.param.describe` of the model's parametrization)."""
+  _write_atomic(os.path.join(workdir, PARAMETRIZATION), json.dumps(described, indent=1))
 
 
 def record_config(workdir: str, config_json: str, step: int,

@@ -11,7 +11,10 @@ def test_coord_check_cli(run_python, tfds_data_dir, tmp_path):
                     f"--config.data.data_dir={tfds_data_dir}", "--widths=16,64",
                     "--base_width=16", "--steps=2", "--lr=1e-3", f"--workdir={tmp_path}")
   assert done.returncode == 0, done.stderr[-3000:]
-  results = json.loads((tmp_path / "coord_check.json").read_text())
+  out = json.loads((tmp_path / "coord_check.json").read_text())
+  results = out["results"]
+  assert out["parametrizations"]["mup"]["64"]["wd_convention"] == "independent"
+  assert out["parametrizations"]["mup"]["64"]["width"] == 64
   assert set(results) == {"sp", "mup"} and set(results["mup"]) == {"16", "64"}
   assert len(results["mup"]["64"]) == 3 and "logits" in results["mup"]["64"][0]
   assert results["mup"]["16"] == results["sp"]["16"]  # base width: identical runs
@@ -33,8 +36,9 @@ def test_lr_transfer_cli(run_python, tfds_data_dir, tmp_path):
   assert -10 <= r["best_log2_lr"] <= -4
   assert out["timing"]["num_lrs"] == 7 and out["timing"]["speedup"] > 0
   assert out["seeds"] == [0, 1]
-  assert out["results"]["mup"]["16"] == {**out["results"]["sp"]["16"],
-                                        "seconds": out["results"]["mup"]["16"]["seconds"]}
+  mup16, sp16 = out["results"]["mup"]["16"], out["results"]["sp"]["16"]
+  assert mup16 == {**sp16, "seconds": mup16["seconds"], "param": mup16["param"]}
+  assert mup16["param"]["name"] == "mup" and mup16["param"]["wd_convention"] == "independent"
   assert png_problems((tmp_path / "lr_transfer.png").read_bytes()) == []
   assert figure_problems(plots.lr_transfer_figure(out["results"], out["axis"])) == []
 
