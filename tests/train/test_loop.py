@@ -26,6 +26,8 @@ def test_trains_and_writes_outputs(mlp_config, tmp_path):
   assert [r["step"] for r in stats] == [20, 40]
   assert {"rms_params/dense_0/kernel", "rms_updates/readout/kernel"} <= set(stats[0])
   assert json.loads((tmp_path / "config.json").read_text())["num_steps"] == 40
+  described = json.loads((tmp_path / "parametrization.json").read_text())
+  assert described == {"name": "sp", "base_width": 0, "width": 64, "base_depth": 0, "depth": 2}
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "40"]
 
 
