@@ -12,7 +12,8 @@ With --depths the model keeps the config's width and the sweep runs over depth i
 
 Each run uses the config's optimizer and schedule shape with the peak LR swept over powers of
 two; all runs of a width see the same batches. Writes lr_transfer.json (final eval loss per
-width, LR, seed; argmin LR per width) and lr_transfer.png (eval loss vs log2 LR, one curve per
+width, LR, seed; argmin LR per width; rewritten after every size, so a stopped sweep keeps the
+sizes it finished) and lr_transfer.png (eval loss vs log2 LR, one curve per
 size, one panel per parametrization), and prints the vmapped-vs-sequential speed-up measured on
 the first size.
 """
@@ -72,6 +73,16 @@ def sweep_config(config, name, size) -> ml_collections.ConfigDict:
   return c
 
 
+def write_json(axis, results, timing, seeds, config) -> None:
+  """lr_transfer.json with every size finished so far (replaced atomically)."""
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  path = os.path.join(_WORKDIR.value, "lr_transfer.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump({"axis": axis, "results": results, "timing": timing, "steps": _STEPS.value,
+               "seeds": seeds.tolist(), "config": config.to_dict()}, f, indent=1, default=str)
+  os.replace(path + ".tmp", path)
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -126,10 +137,7 @@ def main(argv):
                   "sequential_s": sequential, "speedup": sequential / vmapped}
         print(f"vmapped {len(lrs)} LRs: {vmapped:.1f} s; one by one: {sequential:.1f} s; "
               f"speed-up {sequential / vmapped:.2f}x ({axis} {width}, compile excluded)")
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  with open(os.path.join(_WORKDIR.value, "lr_transfer.json"), "w") as f:
-    json.dump({"axis": axis, "results": results, "timing": timing, "steps": _STEPS.value,
-               "seeds": seeds.tolist(), "config": config.to_dict()}, f, indent=1, default=str)
+      write_json(axis, results, timing, seeds, config)  # after every size: a stop loses one
   plots.save_png(plots.lr_transfer_figure(results, axis), os.path.join(_WORKDIR.value, "lr_transfer.png"))
 
 
