@@ -89,8 +89,8 @@ def add_scaled_decayed_weights(weight_decay: float,
 
   def update(updates, state, params=None):
     if params is None:
-      raise ValueError("add_scaled_decayed_weights needs the params (optax.MaskedState-free "
-                       "chains pass them through tx.update(grads, state, params))")
+      raise ValueError("add_scaled_decayed_weights needs the params: call "
+                       "tx.update(grads, state, params)")
     return jax.tree.map(lambda u, p, c: u + (weight_decay * c) * p, updates, params,
                         coefficients), state
 

@@ -27,7 +27,8 @@ BLOCK_NAME = re.compile(r"(^|_)block_\d+$")
 
 WIDTH_AXES = ("embed", "mlp", "heads", "conv_out")
 """Logical axes whose size grows with the model's width (jaxlab.models.layers.LOGICAL_AXES);
-the others (vocab, classes, position, kernel taps, raw inputs) keep their size."""
+the others (vocab, classes, position, kernel taps, raw inputs) keep their size; conv_in is left
+out because a stem conv's input channels are the image's (a hidden conv has conv_out too)."""
 
 
 class ParamInfo(NamedTuple):
