@@ -53,3 +53,21 @@ def test_bad_names_are_named_in_the_error():
     make_optimizer(cfg(name="adamx"), 10)
   with pytest.raises(UserError, match="config.optim.schedule"):
     make_schedule(cfg(schedule="cosine_restarts"), 10)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lion", "adam_atan2"])
+def test_per_parameter_decay_factors(name):
+  """make_optimizer(decay=...): with zero gradients the update is the decay alone,
+  -lr * wd * factor * p per parameter; with factors of 1 it equals the optimizer without them."""
+  c = cfg(name=name, schedule="constant", warmup_steps=0, learning_rate=0.5, weight_decay=0.1)
+  params = {"a": jnp.full((3,), 2.0), "b": jnp.full((2,), -1.0)}
+  zeros = {k: jnp.zeros_like(v) for k, v in params.items()}
+  tx = make_optimizer(c, 10, decay={"a": 4.0, "b": 0.25})
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates["a"], -0.5 * 0.1 * 4.0 * 2.0, rtol=1e-6)
+  np.testing.assert_allclose(updates["b"], -0.5 * 0.1 * 0.25 * -1.0, rtol=1e-6)
+  grads = {"a": jnp.array([0.3, -1.0, 2.0]), "b": jnp.array([0.5, 0.0])}
+  ones, plain = make_optimizer(c, 10, decay={"a": 1.0, "b": 1.0}), make_optimizer(c, 10)
+  for k in params:
+    np.testing.assert_array_equal(ones.update(grads, ones.init(params), params)[0][k],
+                                  plain.update(grads, plain.init(params), params)[0][k])
