@@ -183,7 +183,9 @@ class PerLayerSP(Parametrization):
   x 1 for input weights, biases and gains and x 1/m for hidden and readout weights; Adam
   epsilon scaled like each parameter's gradient at init (x 1/sqrt(m) for everything upstream of
   the readout, whose init std is 1/sqrt(width); x 1 for the readout), so that epsilon does not
-  swamp the shrinking gradients of wide models (their Section 5). Adam family only.
+  swamp the shrinking gradients of wide models (their Section 5). Weight decay: lr * wd per
+  step for every parameter, whatever its LR scale (the base rule; muP's 'independent'). Adam
+  family only.
   """
 
   name: str = "sp_perlayer"
