@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxlab import param
+from jaxlab import models, param
 from jaxlab.configs import common
 from jaxlab.data.pipeline import DataSpec
 from jaxlab.train.init import build_model, dummy_input, make_tx
@@ -41,7 +41,6 @@ MODELS = {
             {"name": "vit", "patch_size": 7, "dim": 128, "depth": 8, "num_heads": 2,
              "pool": "cls"}, 2),
 }
-BASE_WIDTH = {"mlp": 32, "transformer": 32, "resnet": 4, "vit": 16}
 PARAMETRIZATIONS = [("sp", {}), ("mup", {}), ("depth_mup", {}), ("completep", {}), ("umup", {}),
                     ("umup", {"embedding_lr": "unit_scaling"})]
 
@@ -50,7 +49,9 @@ def _config(model_cfg: dict, name: str, opts: dict, model: str, optim: str, eps:
             wd: float) -> ml_collections.ConfigDict:
   c = common.base_config()
   c.model = ml_collections.ConfigDict(model_cfg)
-  c.param = ml_collections.ConfigDict({"name": name, "base_width": BASE_WIDTH[model],
+  base_cfg = MODELS[model][1]
+  base_width = models.MODELS[base_cfg["name"]].width_of(base_cfg)
+  c.param = ml_collections.ConfigDict({"name": name, "base_width": base_width,
                                        "base_depth": MODELS[model][3], **opts})
   c.optim.update(name=optim, learning_rate=1.0, schedule="constant", warmup_steps=0,
                  grad_clip=0.0, eps=eps, weight_decay=wd, b1=0.9, b2=0.999)
