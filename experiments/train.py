@@ -121,8 +121,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietOrbax())
-  distributed.initialize_from_flags()
   try:
+    distributed.initialize_from_flags()
     result = loop.train_and_evaluate(_CONFIG.value, check_workdir(_WORKDIR.value),
                                      allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   # Errors the user caused exit 2 with one line (--verbose_errors: the traceback): UserError is

@@ -1,13 +1,18 @@
 """grain pipelines over TFDS array_record sources.
 
 Small splits are read once through `tfds.data_source` and kept in memory as
-numpy arrays (random-access sources). Training: shard by host
-([process_index::process_count]) -> shuffle (fresh permutation each epoch) ->
-repeat -> batch(drop_remainder) as one random-access grain source of batches
-(`ShuffledBatches`) -> map -> to_iter_dataset. This is the semantics of grain's
-`source[pi::pc].shuffle(seed).repeat().batch(b)` chain, vectorised per batch:
+numpy arrays (random-access sources). Training: shuffle (fresh permutation each
+epoch) -> repeat -> batch(drop_remainder) as one random-access grain source of
+batches (`ShuffledBatches`) -> map -> to_iter_dataset. This is the semantics of
+grain's `source.shuffle(seed).repeat().batch(b)` chain, vectorised per batch:
 grain's per-example chain costs ~30 us/example (~250 batches/s at 128);
 `ShuffledBatches` gives several thousand batches/s.
+
+Many hosts: every host draws the same global order and reads only its own
+contiguous slice of each global batch (host i: rows [i*b/n, (i+1)*b/n)), which is
+the slice `jax.make_array_from_process_local_data` places on its devices. The
+global batch, and so the whole run, is the same for any process count, and the
+iterator state (a batch index) restores under any process count.
 """
 import dataclasses
 import functools
@@ -91,14 +96,19 @@ class WindowSource:
 
 
 class ShuffledBatches:
-  """Batch j of the infinite stream that visits `indices` once per epoch in a fresh order.
+  """Host `host`'s slice of global batch j of the infinite stream that visits `indices` once
+  per epoch in a fresh order.
 
   Epoch e's order is a permutation drawn from np.random.default_rng([seed, e]);
-  batches run across epoch boundaries (repeat before batch).
+  batches run across epoch boundaries (repeat before batch). Of each global batch of
+  `batch_size` examples, host h of n reads rows [h * batch_size / n, (h + 1) * batch_size / n).
   """
 
-  def __init__(self, src, indices: np.ndarray, batch_size: int, seed: int):
+  def __init__(self, src, indices: np.ndarray, batch_size: int, seed: int, host: int = 0,
+               num_hosts: int = 1):
     self.src, self.indices, self.batch_size = src, indices, batch_size
+    local = batch_size // num_hosts
+    self.rows = slice(host * local, (host + 1) * local)
     self.seed = seed % 2**64
     self._order = functools.lru_cache(maxsize=4)(self._epoch_order)
 
@@ -116,7 +126,7 @@ class ShuffledBatches:
     while len(idx) < self.batch_size:  # batch spans an epoch boundary
       epoch += 1
       idx = np.concatenate([idx, self._order(epoch)[:self.batch_size - len(idx)]])
-    return self.src.gather(idx)
+    return self.src.gather(idx[self.rows])
 
 
 def _read_all(src, keys: tuple[str, ...]) -> dict[str, list]:
@@ -164,27 +174,33 @@ def _postprocess(cfg):
                     'label': b['label'].astype(np.int32)}
 
 
-def random_shift(images: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
+def random_shift(images: np.ndarray, rng: np.random.Generator, max_shift: int,
+                 rows: slice = slice(None), num_rows: int | None = None) -> np.ndarray:
   """Translates each image [B,H,W,C] by an independent integer offset in [-max_shift, max_shift]
-  along both axes, filling with zeros (the standard MNIST/CIFAR pad-and-crop augmentation)."""
+  along both axes, filling with zeros (the standard MNIST/CIFAR pad-and-crop augmentation).
+
+  The images may be rows `rows` of a batch of `num_rows` (default B): the offsets are drawn for
+  the whole batch and sliced, so each image's shift does not depend on how the batch is split.
+  """
   b, h, w, _ = images.shape
   padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
-  dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, b))
+  dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, num_rows or b))[:, rows]
   rows = dy[:, None] + np.arange(h)[None, :]  # [B, H]
   cols = dx[:, None] + np.arange(w)[None, :]  # [B, W]
   return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def _augment(cfg, seed: int):
-  """(batch index, batch) -> batch with `augment_shift` applied, seeded by (seed, index) so that
-  resuming from an iterator state reproduces the same augmented batches."""
+def _augment(cfg, seed: int, rows: slice, global_batch: int):
+  """(batch index, this host's rows of the batch) -> the rows with `augment_shift` applied, seeded
+  by (seed, index) so that resuming from an iterator state reproduces the same augmented
+  batches, under any process count."""
   max_shift = int(_get(cfg, 'augment_shift', 0) or 0)
   if _task(cfg) != 'classification' or max_shift <= 0:
     return None
 
   def fn(j, batch):
     rng = np.random.default_rng([seed % 2**64, j, 1])
-    return dict(batch, image=random_shift(batch['image'], rng, max_shift))
+    return dict(batch, image=random_shift(batch['image'], rng, max_shift, rows, global_batch))
 
   return fn
 
@@ -217,19 +233,20 @@ def dataset_spec(data_cfg) -> DataSpec:
 def make_train_iterator(data_cfg, *, batch_size: int, seed: int,
                         process_index: int | None = None,
                         process_count: int | None = None) -> grain.DatasetIterator:
-  """Infinite, per-epoch reshuffled iterator over this host's shard of the train split.
+  """Infinite, per-epoch reshuffled iterator over this host's rows of each global batch of the
+  train split.
 
-  `batch_size` is global; each host yields batch_size // process_count examples.
-  The iterator's get_state()/set_state() round-trip exactly (JSON-serializable).
+  `batch_size` is global; each host yields batch_size // process_count examples, its slice of
+  the global batch (see the module docstring). The iterator's get_state()/set_state()
+  round-trip exactly (JSON-serializable), and a state restores under any process count.
   """
   pi, pc, local_batch = _hosts(batch_size, process_index, process_count)
   src = _source(data_cfg, _get(data_cfg, 'train_split', 'train'))
-  shard = np.arange(len(src))[pi::pc]
-  if len(shard) == 0:
-    raise UserError(f'config.data.name={_get(data_cfg, "name")!r}: its train split is empty '
-                    f'on host {pi}')
-  ds = grain.MapDataset.source(ShuffledBatches(src, shard, local_batch, seed))
-  augment = _augment(data_cfg, seed + 7919 * pi)
+  if len(src) == 0:
+    raise UserError(f'config.data.name={_get(data_cfg, "name")!r}: its train split is empty')
+  batches = ShuffledBatches(src, np.arange(len(src)), batch_size, seed, pi, pc)
+  ds = grain.MapDataset.source(batches)
+  augment = _augment(data_cfg, seed, batches.rows, batch_size)
   if augment is not None:
     ds = ds.map_with_index(augment)
   ds = ds.map(_postprocess(data_cfg))
@@ -239,21 +256,22 @@ def make_train_iterator(data_cfg, *, batch_size: int, seed: int,
 def eval_batches(data_cfg, *, batch_size: int, split: str | None = None,
                  process_index: int | None = None, process_count: int | None = None,
                  max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """One deterministic pass over this host's shard of the eval split.
+  """One deterministic pass over the eval split; this host's rows of each global batch.
 
-  Batches have static shape [batch_size // process_count, ...]; the last ones are
-  zero-padded and 'mask' (float32) marks real examples with 1. All hosts yield the
-  same number of batches.
+  Global batch b holds examples [b * batch_size, (b + 1) * batch_size), the last one zero-padded;
+  host h of n reads its contiguous rows of it (static shape [batch_size // n, ...]), and 'mask'
+  (float32) marks real examples with 1. Every example is read exactly once across the hosts, all
+  hosts yield the same number of batches, and the global batches do not depend on n.
   """
   pi, pc, local_batch = _hosts(batch_size, process_index, process_count)
   src = _source(data_cfg, split or _get(data_cfg, 'eval_split', 'test'))
-  idx = np.arange(len(src))[pi::pc]
-  num_batches = math.ceil(math.ceil(len(src) / pc) / local_batch)
+  num_batches = math.ceil(len(src) / batch_size)
   if max_batches is not None:
     num_batches = min(num_batches, max_batches)
   post = _postprocess(data_cfg)
   for b in range(num_batches):
-    chunk = idx[b * local_batch:(b + 1) * local_batch]
+    start = b * batch_size + pi * local_batch
+    chunk = np.arange(start, min(start + local_batch, len(src)))
     n = len(chunk)
     batch = post(src.gather(np.pad(chunk, (0, local_batch - n))))
     mask = np.zeros(local_batch, np.float32)

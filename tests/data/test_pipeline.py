@@ -92,17 +92,44 @@ def test_iterator_state_round_trip(tfds_data_dir):
 
 
 def test_per_host_sharding(tfds_data_dir):
+  """Each host reads its contiguous rows of the global batch; together they are the one-host
+  batch, so a run does not depend on the process count."""
   cfg = _cfg(tfds_data_dir)
   train = _split_ids(tfds_data_dir, 'digits', 'train', 16)
-  per_host = []
-  for host in range(2):
-    it = make_train_iterator(cfg, batch_size=64, seed=0, process_index=host, process_count=2)
-    batches = _take(it, 1438 // 2 // 32 + 1)
-    assert batches[0]['image'].shape[0] == 32  # global batch 64 split over 2 hosts
-    per_host.append(collections.Counter(_ids(batches)[:719]))  # one epoch of this host's shard
-  assert per_host[0] + per_host[1] == train  # disjoint shards that cover the split
+  one = _take(make_train_iterator(cfg, batch_size=64, seed=0), 1438 // 64 + 2)
+  for hosts in (2, 4):
+    per_host = [_take(make_train_iterator(cfg, batch_size=64, seed=0, process_index=h,
+                                          process_count=hosts), len(one)) for h in range(hosts)]
+    assert per_host[0][0]['image'].shape[0] == 64 // hosts
+    for j, whole in enumerate(one):
+      for key in ('image', 'label'):
+        np.testing.assert_array_equal(np.concatenate([b[j][key] for b in per_host]), whole[key])
+  assert collections.Counter(_ids(one)[:1438]) == train  # one epoch covers the split once
   with pytest.raises(UserError, match='batch_size'):
     make_train_iterator(cfg, batch_size=63, seed=0, process_index=0, process_count=2)
+
+
+def test_per_host_augmentation_matches_one_host(tfds_data_dir):
+  cfg = _cfg(tfds_data_dir, 'mnist5k')
+  cfg.augment_shift = 2
+  one = _take(make_train_iterator(cfg, batch_size=32, seed=3), 2)
+  hosts = [_take(make_train_iterator(cfg, batch_size=32, seed=3, process_index=h,
+                                     process_count=2), 2) for h in range(2)]
+  for j in range(2):
+    np.testing.assert_array_equal(np.concatenate([h[j]['image'] for h in hosts]), one[j]['image'])
+
+
+def test_train_state_restores_under_another_process_count(tfds_data_dir):
+  cfg = _cfg(tfds_data_dir)
+  two = [make_train_iterator(cfg, batch_size=64, seed=0, process_index=h, process_count=2)
+         for h in range(2)]
+  for it in two:
+    _take(it, 5)
+  one = make_train_iterator(cfg, batch_size=64, seed=0)
+  one.set_state(two[0].get_state())
+  assert two[0].get_state() == two[1].get_state()
+  np.testing.assert_array_equal(next(one)['image'],
+                                np.concatenate([next(it)['image'] for it in two]))
 
 
 def test_lm_batches(tfds_data_dir):
@@ -131,9 +158,12 @@ def test_eval_batches_mask_covers_split_once(tfds_data_dir):
   assert not last['image'][104:].any() and not last['mask'][104:].any()
   assert collections.Counter(_ids(batches)) == test
   assert _ids(batches) == _ids(eval_batches(cfg, batch_size=128))  # deterministic
-  hosts = [list(eval_batches(cfg, batch_size=96, process_index=i, process_count=2)) for i in range(2)]
-  assert len(hosts[0]) == len(hosts[1])
-  assert collections.Counter(_ids(hosts[0])) + collections.Counter(_ids(hosts[1])) == test
+  for n in (2, 4):  # the union of the hosts' example ids is the split, each id once
+    hosts = [list(eval_batches(cfg, batch_size=96, process_index=i, process_count=n))
+             for i in range(n)]
+    assert len({len(h) for h in hosts}) == 1
+    assert sum((collections.Counter(_ids(h)) for h in hosts), collections.Counter()) == test
+    assert sum(b['mask'].sum() for h in hosts for b in h) == 1000
 
 
 def test_lm_eval_batches(tfds_data_dir):
