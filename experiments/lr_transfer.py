@@ -16,6 +16,11 @@ width, LR, seed; argmin LR per width; rewritten after every size, so a stopped s
 sizes it finished) and lr_transfer.png (eval loss vs log2 LR, one curve per
 size, one panel per parametrization), and prints the vmapped-vs-sequential speed-up measured on
 the first size.
+
+Many hosts: run the same command on every process (experiments.launch_local on one machine,
+or the cluster's own launcher with --coordinator_address/--num_processes/--process_id); the LR
+axis is then split over every process's devices, every process reads the same batches, and
+process 0 writes the outputs.
 """
 
 import json
@@ -32,7 +37,9 @@ from ml_collections import config_flags
 from experiments.width_configs import config_at, config_at_depth
 from jaxlab import data, param
 from jaxlab.analysis import plots
-from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep, mean_over_seeds, stack_batches  # noqa
+from jaxlab.analysis.lr_sweep import (lr_mesh, make_sweep, mean_over_seeds, stack_batches,
+                                      to_host)
+from jaxlab.sharding import distributed
 from jaxlab.train import tasks
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 
@@ -85,13 +92,16 @@ def write_json(axis, results, timing, seeds, config) -> None:
 
 def main(argv):
   del argv
+  distributed.initialize_from_flags()
+  chief = jax.process_index() == 0
   config = _CONFIG.value
   spec = data.dataset_spec(config.data)
   task = tasks.get(spec.task)
   example = dummy_input(spec, config.data.get("seq_len", 0))
+  whole = {"process_index": 0, "process_count": 1}  # batches are replicated: every host reads all
   train = stack_batches(data.make_train_iterator(config.data, batch_size=config.batch_size,
-                                                 seed=config.seed), _STEPS.value)
-  evals = next(data.eval_batches(config.data,
+                                                 seed=config.seed, **whole), _STEPS.value)
+  evals = next(data.eval_batches(config.data, **whole,
                                  batch_size=_EVAL_BATCH.value or config.eval_batch_size))
   lo0, hi0 = map(int, _LRS.value)
   if _FIRST_SEED.value < 0 or _SEEDS.value < 1:
@@ -116,13 +126,14 @@ def main(argv):
       t0 = time.perf_counter()
       _, final = jax.block_until_ready(run(lrs, seeds, train, evals))
       elapsed = time.perf_counter() - t0
-      final = np.asarray(final)
+      final = to_host(final)
       mean = mean_over_seeds(final)
       results[name][width] = {"log2_lr": list(range(lo, hi + 1)), "eval_loss": final.tolist(),
                               "best_log2_lr": lo + int(np.argmin(mean)), "seconds": elapsed,
                               "param": param.describe(model.ctx.parametrization)}
-      print(f"{name} {axis} {width}: best log2 LR {results[name][width]['best_log2_lr']}, "
-            f"eval loss {mean.min():.4f} ({elapsed:.0f} s incl. compile)")
+      if chief:
+        print(f"{name} {axis} {width}: best log2 LR {results[name][width]['best_log2_lr']}, "
+              f"eval loss {mean.min():.4f} ({elapsed:.0f} s incl. compile)")
       if _TIME.value and not timing:
         t0 = time.perf_counter()
         jax.block_until_ready(run(lrs, seeds, train, evals))
@@ -135,10 +146,13 @@ def main(argv):
         sequential = time.perf_counter() - t0
         timing = {axis: width, "num_lrs": len(lrs), "vmapped_s": vmapped,
                   "sequential_s": sequential, "speedup": sequential / vmapped}
-        print(f"vmapped {len(lrs)} LRs: {vmapped:.1f} s; one by one: {sequential:.1f} s; "
-              f"speed-up {sequential / vmapped:.2f}x ({axis} {width}, compile excluded)")
-      write_json(axis, results, timing, seeds, config)  # after every size: a stop loses one
-  plots.save_png(plots.lr_transfer_figure(results, axis), os.path.join(_WORKDIR.value, "lr_transfer.png"))
+        if chief:
+          print(f"vmapped {len(lrs)} LRs: {vmapped:.1f} s; one by one: {sequential:.1f} s; "
+                f"speed-up {sequential / vmapped:.2f}x ({axis} {width}, compile excluded)")
+      if chief:  # after every size: a stop loses one
+        write_json(axis, results, timing, seeds, config)
+  if chief:
+    plots.save_png(plots.lr_transfer_figure(results, axis), os.path.join(_WORKDIR.value, "lr_transfer.png"))
 
 
 if __name__ == "__main__":

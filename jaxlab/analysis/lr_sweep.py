@@ -27,8 +27,9 @@ def stack_batches(iterator, steps: int) -> dict:
 
 
 def lr_mesh(num_lrs: int) -> Mesh | None:
-  """A 1-D mesh ('lr') over the largest number of local devices dividing num_lrs; None on one
-  device (or when only one divides it)."""
+  """A 1-D mesh ('lr') over the largest number of devices dividing num_lrs (every process's, in
+  a multi-process job: the LR axis is spread over hosts too); None on one device (or when only
+  one divides it)."""
   n = max(d for d in range(1, jax.device_count() + 1) if num_lrs % d == 0)
   return Mesh(np.array(jax.devices()[:n]), ("lr",)) if n > 1 else None
 
@@ -56,7 +57,9 @@ def make_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTran
   """jitted (lrs [K], seeds [S], train_batches [T, ...], eval_batch) -> (train losses [K, S, T],
   final eval loss [K, S]); non-finite losses stay in the output (diverged runs). With a mesh
   (axis 'lr', e.g. from `lr_mesh`) the K runs are split over its devices: each device trains
-  K / n learning rates, batches are replicated. `task`: a Task or its name."""
+  K / n learning rates, batches are replicated. In a multi-process job every process passes the
+  same (whole) inputs and gets its devices' rows of the outputs (`to_host` gathers them).
+  `task`: a Task or its name."""
   task = as_task(task)
 
   def one_run(lr, seed, train_batches, eval_batch):
@@ -68,8 +71,31 @@ def make_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTran
   if mesh is None:
     return jax.jit(sweep)
   by_lr, replicated = NamedSharding(mesh, P("lr")), NamedSharding(mesh, P())
-  return jax.jit(sweep, in_shardings=(by_lr, replicated, replicated, replicated),
-                 out_shardings=(by_lr, by_lr))
+  shardings = (by_lr, replicated, replicated, replicated)
+  compiled = jax.jit(sweep, in_shardings=shardings, out_shardings=(by_lr, by_lr))
+
+  def run(*args):
+    return compiled(*(jax.tree.map(lambda x, s=s: _place(x, s), a)
+                      for a, s in zip(args, shardings)))
+
+  return run
+
+
+def _place(x, sharding: NamedSharding) -> jax.Array:
+  """A host value that is the same on every process -> a jax.Array laid out by `sharding` (jit
+  takes no numpy input with a non-replicated sharding in a multi-process job)."""
+  if isinstance(x, jax.Array):
+    return x
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole of a (possibly multi-process) jax.Array as numpy, on every process."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def mean_over_seeds(final_loss: np.ndarray) -> np.ndarray:
@@ -84,7 +110,7 @@ def lr_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransf
   run = make_sweep(model, tx_fn, task, mesh=lr_mesh(len(lrs)))
   train, final = run(jnp.asarray(lrs, jnp.float32), jnp.asarray(seeds, jnp.uint32),
                      train_batches, eval_batch)
-  train, final = np.asarray(train), np.asarray(final)
+  train, final = to_host(train), to_host(final)
   mean_final = mean_over_seeds(final)
   return {"lrs": list(map(float, lrs)), "seeds": list(map(int, seeds)), "train_loss": train,
           "eval_loss": final, "best_lr": float(lrs[int(np.argmin(mean_final))])}

@@ -2,12 +2,14 @@
 jax.distributed, gloo collectives): the same run as one process, checkpoints that restore on
 other meshes and process counts, and what happens when a process dies."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from jaxlab.train.metrics import read_metrics
@@ -175,3 +177,22 @@ def test_without_a_launcher_a_dead_peer_stops_the_others(tfds_data_dir, tmp_path
 def _free_port():
   from experiments.launch_local import free_port  # pylint: disable=g-import-not-at-top
   return free_port()
+
+
+def test_lr_transfer_spreads_its_lr_axis_over_processes(tfds_data_dir, tmp_path, run_python):
+  """4 learning rates over 2 processes x 2 devices give the 1-process sweep's losses."""
+  args = ["--config=jaxlab/configs/digits_mlp.py", f"--config.data.data_dir={tfds_data_dir}",
+          "--widths=32", "--base_width=32", "--log2_lrs=-8,-5", "--steps=10", "--seeds=2",
+          "--parametrizations=mup"]
+  one = run_python("-m", "experiments.lr_transfer", *args, f"--workdir={tmp_path / 'one'}",
+                   env=_devices(4))
+  assert one.returncode == 0, one.stderr[-3000:]
+  two = _launch(run_python, *args, f"--workdir={tmp_path / 'two'}",
+                program=("-m", "experiments.lr_transfer"))
+  assert two.returncode == 0, two.stdout[-3000:]
+  assert "[0] vmapped 4 LRs" in two.stdout and "[1] vmapped" not in two.stdout  # chief prints
+  assert (tmp_path / "two" / "lr_transfer.png").exists()
+  got, want = (json.loads((tmp_path / w / "lr_transfer.json").read_text())["results"]["mup"]["32"]
+               for w in ("two", "one"))
+  np.testing.assert_allclose(got["eval_loss"], want["eval_loss"], rtol=1e-6)
+  assert np.shape(got["eval_loss"]) == (4, 2) and np.isfinite(got["eval_loss"]).all()
