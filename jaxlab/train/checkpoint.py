@@ -2,7 +2,9 @@
 
 Integrity: orbax writes each step to `<step>.orbax-checkpoint-tmp` and renames it when complete,
 so a run killed mid-save leaves only a tmp dir, which the manager ignores and deletes
-(`cleanup_tmp_directories`). Bytes that change on disk after the save (a truncated or flipped
+(`cleanup_tmp_directories`). With several processes each writes its own shards and process 0
+renames the step only after every process finished (orbax's barrier), so a step that some
+processes never finished writing is never restored. Bytes that change on disk after the save (a truncated or flipped
 file) are not all caught by orbax (flipped array bytes restore silently), so each save also
 stores a fingerprint of the state (wrapping integer sums of its bits) next to the data state and
 the restore compares it.
@@ -14,6 +16,8 @@ newest readable one. If no checkpoint is readable, nothing is moved and
 (and the cause may be a changed config rather than corrupt files), so the user decides.
 """
 
+import hashlib
+import json
 import logging as std_logging
 import os
 import sys
@@ -29,6 +33,7 @@ from absl import logging
 from jaxlab.train.state import TrainState
 
 FINGERPRINT_KEY = "jaxlab_state_fingerprint"  # stored in the "data" item next to the iterator's
+PROCESS_COUNT_KEY = "jaxlab_process_count"  # how many processes wrote the checkpoint
 CORRUPT_DIR = "checkpoints_corrupt"
 
 
@@ -49,8 +54,13 @@ def make_manager(workdir: str, *, max_to_keep: int) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict) -> int:
+  """Saves the state (every process its shards) and the data iterator's state, which is global
+  (jaxlab.data: every host is at the same batch of one global order), so one copy restores under
+  any process count; a ValueError if the processes' iterator states differ."""
   step = int(jax.device_get(state.step))
-  data = dict(data_state, **{FINGERPRINT_KEY: fingerprint(state)})
+  _check_same_on_every_process(data_state)
+  data = dict(data_state, **{FINGERPRINT_KEY: fingerprint(state),
+                             PROCESS_COUNT_KEY: jax.process_count()})
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              data=ocp.args.JsonSave(data)), force=True)
   manager.wait_until_finished()
@@ -86,6 +96,17 @@ def restore_latest(manager: ocp.CheckpointManager,
       "nothing was moved. If they are corrupt, move that directory aside to train from scratch; "
       "if the config changed the train state's shapes, rerun with the config they were saved "
       "with.")
+
+
+def _check_same_on_every_process(data_state: dict) -> None:
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256(json.dumps(data_state, sort_keys=True, default=str).encode()).digest()
+  digests = multihost_utils.process_allgather(np.frombuffer(digest[:16], np.uint32))
+  if not (np.asarray(digests) == np.asarray(digests)[0]).all():
+    raise ValueError(f"the data iterator's state differs between the {jax.process_count()} "
+                     f"processes (this one: {data_state}); a checkpoint holds one global state")
 
 
 def fingerprint(state: TrainState) -> str:
@@ -128,6 +149,11 @@ def _restore(manager, step: int, abstract) -> tuple[TrainState, dict]:
   if not isinstance(data_state, dict):
     raise _CorruptCheckpoint(f"the data item is {type(data_state).__name__}, not a JSON object")
   data_state = dict(data_state)
+  writers = data_state.pop(PROCESS_COUNT_KEY, 1)
+  if writers != jax.process_count():
+    logging.info("checkpoint %d was written by %d process(es), restored on %d: the data iterator "
+                 "state is global (a batch index), so the data order continues unchanged", step,
+                 writers, jax.process_count())
   saved = data_state.pop(FINGERPRINT_KEY, None)
   if saved is not None and saved != (now := fingerprint(state)):
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]

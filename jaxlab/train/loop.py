@@ -308,6 +308,9 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop) -> dict[str,
     state, metrics = step_lib.train_step(state, batch, model=model, tx=tx, task=task,
                                          with_stats=with_stats, state_sharding=state_sharding)
     pending.append((step, metrics))
+    if step == start + 1:  # the first step compiles: time the steady state from its end
+      jax.block_until_ready(metrics["loss"])
+      t_first = time.time()
     bar.update(1)
     last = step == config.num_steps
     row: dict[str, Any] = {}
@@ -343,6 +346,8 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop) -> dict[str,
   if start == config.num_steps:
     logging.info("nothing to do: checkpoint at step %d already reached num_steps", start)
   result.update(step=int(state.step), wall_time_s=time.time() - t0)
+  if int(state.step) - start > 1:  # seconds per step after the first (compile), eval included
+    result.update(steady_step_s=(time.time() - t_first) / (int(state.step) - start - 1))
   manager.close()
   if is_chief:
     logging.info("final: %s", json.dumps({k: v for k, v in result.items() if "rms_" not in k}))
