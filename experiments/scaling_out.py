@@ -35,6 +35,7 @@ def train_command(workdir: str, n: int) -> list[str]:
           f"--config.checkpoint_every={_STEPS.value}", "--config.eval_every=0",
           "--config.eval_max_batches=1", "--config.stats_every=0",
           "--config.depth_metrics_every=0", f"--config.log_every={_STEPS.value}",
+          f"--config.optim.warmup_steps={_STEPS.value // 10}",
           f"--config.mesh.data={n}", "--config.mesh.fsdp=1", *_OVERRIDES.value]
 
 

@@ -327,6 +327,8 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop) -> dict[str,
       bar.set_postfix(loss=f"{row['train/loss']:.4f}", refresh=False)
     elif step % SYNC_EVERY == 0:
       jax.block_until_ready(metrics["loss"])
+    if last:  # its metrics were just fetched: the train steps are done
+      t_last = time.time()
     if (config.eval_every and step % config.eval_every == 0) or last:
       row.update({f"eval/{k}": v for k, v in evaluate(state, config, model, task, mesh).items()})
     if depth_every and (step % depth_every == 0 or last):
@@ -346,8 +348,9 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop) -> dict[str,
   if start == config.num_steps:
     logging.info("nothing to do: checkpoint at step %d already reached num_steps", start)
   result.update(step=int(state.step), wall_time_s=time.time() - t0)
-  if int(state.step) - start > 1:  # seconds per step after the first (compile), eval included
-    result.update(steady_step_s=(time.time() - t_first) / (int(state.step) - start - 1))
+  if int(state.step) == config.num_steps and config.num_steps - start > 1:
+    # seconds per train step after the first (compiling) one; periodic eval and saves included
+    result.update(steady_step_s=(t_last - t_first) / (config.num_steps - start - 1))
   manager.close()
   if is_chief:
     logging.info("final: %s", json.dumps({k: v for k, v in result.items() if "rms_" not in k}))

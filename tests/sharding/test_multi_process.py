@@ -114,7 +114,7 @@ def test_killed_process_stops_the_job_and_the_rerun_resumes(digits_runs, tmp_pat
                                                             tfds_data_dir):
   """SIGKILL of process 1 before step 15: the launcher stops process 0 and exits non-zero naming
   process 1, within 60 s of the kill; the same launch again resumes from the step-10 checkpoint
-  and reaches the uninterrupted run's step-20 loss."""
+  and continues the uninterrupted run bitwise (the same 2 x 2 topology)."""
   _, two, _ = digits_runs
   args = _train_args(DIGITS, tfds_data_dir, tmp_path / "run", *DATA_FSDP)
   killed = _launch(run_python, *args, program=(FAULTS,), env={"JAXLAB_KILL": "step:15:1"})
@@ -128,13 +128,13 @@ def test_killed_process_stops_the_job_and_the_rerun_resumes(digits_runs, tmp_pat
   assert again.returncode == 0, again.stdout[-3000:]
   assert "resumed from checkpoint at step 10" in again.stdout
   (got, _), (want, _) = _metrics(tmp_path / "run"), _metrics(two)
-  _assert_same_losses(got, want, range(1, 21), 1e-6)
+  assert got == want
 
 
 def test_checkpoint_written_by_some_processes_is_never_restored(digits_runs, tmp_path,
                                                                 run_python, tfds_data_dir):
   """Process 1 dies as the step-20 save starts: process 0 writes its part, which never becomes
-  a checkpoint; the rerun resumes from step 10."""
+  a checkpoint; the rerun resumes from step 10 and continues the uninterrupted run bitwise."""
   _, two, _ = digits_runs
   args = _train_args(DIGITS, tfds_data_dir, tmp_path / "run", *DATA_FSDP)
   killed = _launch(run_python, *args, program=(FAULTS,), env={"JAXLAB_KILL": "save:20:1"})
@@ -144,7 +144,7 @@ def test_checkpoint_written_by_some_processes_is_never_restored(digits_runs, tmp
   assert again.returncode == 0, again.stdout[-3000:]
   assert "resumed from checkpoint at step 10" in again.stdout
   (got, _), (want, _) = _metrics(tmp_path / "run"), _metrics(two)
-  _assert_same_losses(got, want, range(11, 21), 1e-6)
+  assert got == want
 
 
 def test_without_a_launcher_a_dead_peer_stops_the_others(tfds_data_dir, tmp_path):
