@@ -15,6 +15,7 @@ On a real cluster no launcher is needed: run the same command on every host (see
 "Many hosts").
 """
 
+import collections
 import os
 import re
 import signal
@@ -67,10 +68,12 @@ def describe_exit(code: int) -> str:
   return f"exit code {code}"
 
 
-def _stream(i: int, pipe, out) -> None:
+def _stream(i: int, pipe, out, last_lines: collections.deque) -> None:
   for line in iter(pipe.readline, ""):
     out.write(f"[{i}] {line}")
     out.flush()
+    if line.strip():
+      last_lines.append(line.strip())
   pipe.close()
 
 
@@ -92,12 +95,13 @@ def run(command: list[str], num_processes: int, devices_per_process: int = 0, po
   if devices_per_process:
     env["XLA_FLAGS"] = xla_flags_with_devices(env.get("XLA_FLAGS", ""), devices_per_process)
   procs, threads = [], []
+  tails = [collections.deque(maxlen=1) for _ in range(num_processes)]
   for i, cmd in enumerate(process_commands(command, num_processes, port)):
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, bufsize=1, start_new_session=True)
     procs.append(p)
     out.write(f"[launch_local] process {i}: pid {p.pid}\n")
-    t = threading.Thread(target=_stream, args=(i, p.stdout, out), daemon=True)
+    t = threading.Thread(target=_stream, args=(i, p.stdout, out, tails[i]), daemon=True)
     t.start()
     threads.append(t)
   out.flush()
@@ -140,7 +144,9 @@ def run(command: list[str], num_processes: int, devices_per_process: int = 0, po
     return next((_as_exit_code(p.returncode) for p in procs if p.returncode), 0)
   code = procs[failed].returncode
   summary = ", ".join(f"{i}: {describe_exit(p.returncode)}" for i, p in enumerate(procs))
-  out.write(f"[launch_local] failed: process {failed} {describe_exit(code)} (all: {summary})\n")
+  last = f"; its last line: {tails[failed][0]}" if tails[failed] else ""
+  out.write(f"[launch_local] failed: process {failed} {describe_exit(code)} (all: {summary})"
+            f"{last}\n")
   out.flush()
   return _as_exit_code(code)
 

@@ -38,6 +38,7 @@ def test_one_failure_stops_the_others(run_python):
   assert done.returncode == 3
   assert "process 1" in done.stdout and "failed: exit code 3" in done.stdout
   assert "0: killed by SIGKILL" in done.stdout  # it ignored SIGTERM, so SIGKILL after the grace
+  assert "its last line: hello from 1 of 2" in done.stdout
 
 
 def test_xla_flags_and_commands():
