@@ -42,7 +42,7 @@ def mesh_shape(cfg: Any, num_devices: int) -> dict[str, int]:
   if math.prod(sizes.values()) != num_devices:
     raise UserError(
         f"config.mesh ({given}) does not tile the {num_devices} available devices; valid:"
-        f" config.mesh.data * config.mesh.fsdp * config.mesh.model = {num_devices}, or -1 on one"
+        f" data * fsdp * model = {num_devices} (config.mesh.data, .fsdp, .model), or -1 on one"
         f" axis with the product of the other two dividing {num_devices} (e.g."
         f" --config.mesh.data=-1 --config.mesh.model=2)")
   return sizes

@@ -44,8 +44,8 @@ def test_mesh_shape_fills_minus_one_on_any_axis():
 
 
 @pytest.mark.parametrize("sizes, match", [
-    (dict(data=-1, model=3), r"does not tile the 8 available devices; valid: config.mesh.data \* "
-                             r"config.mesh.fsdp \* config.mesh.model = 8"),
+    (dict(data=-1, model=3), r"does not tile the 8 available devices; valid: data \* fsdp \* "
+                             r"model = 8 \(config.mesh.data, .fsdp, .model\)"),
     (dict(data=2, model=2), r"config.mesh \(data=2, fsdp=1, model=2\) does not tile"),
     (dict(data=-1, model=-1), "-1 .* on one axis at most"),
     (dict(model=0), "valid sizes are positive integers"),
