@@ -32,7 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
   # periodic checkpoints wait while it is above. factor=0 disables (non-finite values always stop)
   c.divergence = ml_collections.ConfigDict({"factor": 10.0, "patience": 3})
   c.max_to_keep = 3
-  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  # device mesh (jaxlab.sharding): data-parallel x FSDP x tensor-parallel ('model': attention
+  # heads and MLP hidden width split Megatron-style); -1 = the remaining devices (one axis)
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
   c.optim = ml_collections.ConfigDict({
       "name": "adamw", "learning_rate": 1e-3, "schedule": "cosine", "warmup_steps": 50,
       "min_lr_ratio": 0.0, "weight_decay": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,

@@ -1,6 +1,8 @@
 """Multi-head self-attention layer (fused qkv projection, optional RoPE and grouped-query heads)
 built on jaxlab.models.layers.Dense; the attention core is pallas_kernels.attention."""
 
+from functools import partial
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from jaxlab.models.layers import Dense, split_last
 from jaxlab.models.rope import apply_rope
 from jaxlab.param.roles import HIDDEN
 from jaxlab.param.unit_scaling import scale_bwd, scale_fwd
+from jaxlab.sharding import tensor_parallel
 
 
 def scale_columns(init: KernelInit | None, start: int, factor: float) -> KernelInit:
@@ -46,6 +49,10 @@ class Attention(nn.Module):
   kernel_inits = (qkv_init, out_init) replaces their normal draws (mimetic init).
   The attention itself is pallas_kernels.attention; `implementation` is its dispatch ("auto" =
   None: Pallas on GPU/TPU, the dense XLA path on CPU up to its size limit, then xla_chunked).
+  Tensor parallelism (a 'model' mesh axis of M > 1 devices in context, M dividing heads and
+  kv_heads; jaxlab.sharding.tensor_parallel): qkv is computed from a head-major view of its kernel
+  so each model shard holds whole heads of q, k and v (Megatron's layout; the stored kernel keeps
+  its [q | k | v] order) and out is row-parallel. Without such a mesh nothing changes.
   """
 
   num_heads: int
@@ -74,10 +81,16 @@ class Attention(nn.Module):
     qkv_init, out_init = self.kernel_inits or (None, None)
     if self.value_init_scale != 1.0:
       qkv_init = scale_columns(qkv_init, (H + K) * Dh, self.value_init_scale)
+    sizes, M = (H * Dh, K * Dh, K * Dh), tensor_parallel.model_shards()
+    tp = M > 1 and H % M == 0 and K % M == 0  # Megatron: whole heads per 'model' shard
     qkv = Dense((H + 2 * K) * Dh, role=HIDDEN, use_bias=self.use_bias,
                 kernel_axes=("embed", "heads"), init_scale=self.init_scale, kernel_init=qkv_init,
-                name="qkv", ctx=self.ctx)(x_BLD)
-    q, k, v = split_last(qkv, (H * Dh, (H + K) * Dh))
+                column_layout=partial(tensor_parallel.head_major, sizes=sizes, shards=M)
+                if tp else None, name="qkv", ctx=self.ctx)(x_BLD)
+    if tp:
+      q, k, v = tensor_parallel.split_head_major(qkv, sizes, M)
+    else:
+      q, k, v = split_last(qkv, (H * Dh, (H + K) * Dh))
     q_BLHD, k_BLKD, v_BLKD = q.reshape(B, L, H, Dh), k.reshape(B, L, K, Dh), v.reshape(B, L, K, Dh)
     if self.rope:
       positions = jnp.arange(L) if positions is None else positions
@@ -93,6 +106,7 @@ class Attention(nn.Module):
             self.implementation))
     if io_scale != 1.0:
       out_BLHD = scale_fwd(out_BLHD, io_scale)
+    out_BLHD = tensor_parallel.shard_dim(out_BLHD, 2)  # row-parallel out projection
     return Dense(D, role=HIDDEN, use_bias=self.use_bias, kernel_axes=("heads", "embed"),
                  init_scale=self.init_scale * self.value_init_scale, kernel_init=out_init,
                  name="out", ctx=self.ctx)(out_BLHD.reshape(B, L, H * Dh))

@@ -42,12 +42,14 @@ from jaxlab.param.roles import BIAS, HIDDEN, INPUT, NORM, READOUT, check
 from jaxlab.param.unit_scaling import scale_bwd, scale_fwd, scaled_op
 from jaxlab.quant.layer_state import quant_inputs
 from jaxlab.quant.policy import module_path
+from jaxlab.sharding import tensor_parallel
 
 # Logical axis vocabulary (mapped to mesh axes by sharding rules):
 #   input     raw data features (flattened pixels) read by an MLP's first Dense
 #   embed     model width: residual stream / d_model / ViT dim / hidden width entering a Dense
 #   mlp       hidden width produced by a Dense (transformer MLP expansion, MLP-model widths)
-#   heads     fused attention heads * head_dim (q/k/v packed: (heads + 2 kv_heads) * head_dim)
+#   heads     fused attention heads * head_dim (q/k/v packed: (heads + 2 kv_heads) * head_dim;
+#             under tensor parallelism Attention reads it head-major, see there)
 #   vocab     token vocabulary          classes   classifier outputs
 #   position  positions of a learned position table
 #   kernel_h, kernel_w, conv_in, conv_out   convolution kernel axes (HWIO)
@@ -133,7 +135,9 @@ class Dense(nn.Module):
 
   feature_major=True takes and returns transposed activations (x [fan_in, N] -> y [features, N])
   with the same kernel; FeedForward uses it (see there for why). init_scale / kernel_init: see
-  `make_param`.
+  `make_param`. column_layout: a function reordering the output features (last axis of kernel and
+  bias) before use, so y comes in that order; the stored parameters keep theirs (Attention's
+  head-major qkv under tensor parallelism, jaxlab.sharding.tensor_parallel); None: as stored.
   """
 
   features: int
@@ -144,14 +148,16 @@ class Dense(nn.Module):
   ctx: LayerContext = DEFAULT
   init_scale: float = 1.0
   kernel_init: KernelInit | None = None
+  column_layout: Callable[[jax.Array], jax.Array] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     p, dtype = self.ctx.parametrization, self.ctx.dtype
     fan_in = x.shape[0] if self.feature_major else x.shape[-1]
-    kernel = make_param(self, "kernel", (fan_in, self.features), names=self.kernel_axes,
-                        role=self.role, fan_in=fan_in, fan_out=self.features, ctx=self.ctx,
-                        init_scale=self.init_scale, init=self.kernel_init)
+    layout = self.column_layout or (lambda w: w)
+    kernel = layout(make_param(self, "kernel", (fan_in, self.features), names=self.kernel_axes,
+                               role=self.role, fan_in=fan_in, fan_out=self.features,
+                               ctx=self.ctx, init_scale=self.init_scale, init=self.kernel_init))
     weight_operand = "lhs" if self.feature_major else "rhs"
     dot_general = self.ctx.quant.dot_general(module_path(self), self.role,
                                              weight_operand=weight_operand)
@@ -166,8 +172,8 @@ class Dense(nn.Module):
     batch = x.size // fan_in
     y = scaled_op(x, kernel, op, *p.op_scales(self.role, fan_in, self.features, batch))
     if self.use_bias:
-      bias = make_param(self, "bias", (self.features,), names=self.kernel_axes[-1:], role=BIAS,
-                        fan_in=1, fan_out=self.features, ctx=self.ctx)
+      bias = layout(make_param(self, "bias", (self.features,), names=self.kernel_axes[-1:],
+                               role=BIAS, fan_in=1, fan_out=self.features, ctx=self.ctx))
       bias = scale_param(bias.astype(dtype), p.op_scales(BIAS, 1, self.features, batch))
       y = y + (bias.reshape((-1,) + (1,) * (y.ndim - 1)) if self.feature_major else bias)
     return y
@@ -325,6 +331,7 @@ class FeedForward(nn.Module):
     d = x.shape[-1]
     xT = x.reshape(-1, d).T
     hT = Dense(self.hidden, kernel_axes=("embed", "mlp"), name="up", **kw)(xT)
+    hT = tensor_parallel.shard_dim(hT, 0)  # Megatron: column-parallel up, row-parallel down
     hT = apply_activation(self.activation, hT, self.ctx.parametrization)
     yT = Dense(d, kernel_axes=("mlp", "embed"), name="down", **kw)(hT)
     return yT.T.reshape(x.shape[:-1] + (d,))

@@ -1,5 +1,11 @@
-"""Device meshes with a data-parallel axis and a fully-sharded (FSDP) axis."""
+"""Device meshes with a data-parallel, a fully-sharded (FSDP) and a tensor-parallel axis.
 
+The 'model' axis is Megatron-LM's tensor parallelism (Shoeybi et al. 2019): the partition rules
+split attention heads and the MLP's hidden width over it (jaxlab.sharding.rules) and the batch is
+replicated over it, so only (data, fsdp) split the batch.
+"""
+
+import math
 from typing import Any
 
 import jax
@@ -8,32 +14,56 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxlab.errors import UserError
 
-AXES = ("data", "fsdp")
-BATCH_AXES = AXES  # the batch dimension is split over every device
+AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")  # the batch is split over these, replicated over 'model'
+
+
+def _get(cfg: Any, axis: str) -> int:
+  """config.mesh.<axis>; 'model' defaults to 1 (configs and callers from before it existed)."""
+  default = 1 if axis == "model" else None
+  value = cfg.get(axis, default) if hasattr(cfg, "get") else getattr(cfg, axis, default)
+  if value is None:
+    raise UserError(f"config.mesh.{axis} is missing; valid: a positive integer or -1")
+  return int(value)
+
+
+def mesh_shape(cfg: Any, num_devices: int) -> dict[str, int]:
+  """{axis: size} from config.mesh (data, fsdp, model); -1 on one axis = the remaining devices.
+  UserError naming config.mesh.* when the sizes do not tile `num_devices`."""
+  sizes = {a: _get(cfg, a) for a in AXES}
+  given = ", ".join(f"{a}={v}" for a, v in sizes.items())
+  fill = [a for a, v in sizes.items() if v == -1]
+  if len(fill) > 1 or any(v == 0 or v < -1 for v in sizes.values()):
+    raise UserError(f"config.mesh ({given}): valid sizes are positive integers, with -1 (= the"
+                    " remaining devices) on one axis at most")
+  if fill:
+    rest = math.prod(v for v in sizes.values() if v != -1)
+    sizes[fill[0]] = num_devices // rest if num_devices % rest == 0 else 0
+  if math.prod(sizes.values()) != num_devices:
+    raise UserError(
+        f"config.mesh ({given}) does not tile the {num_devices} available devices; valid:"
+        f" data * fsdp * model = {num_devices} (config.mesh.data, .fsdp, .model), or -1 on one"
+        f" axis with the product of the other two dividing {num_devices} (e.g."
+        f" --config.mesh.data=-1 --config.mesh.model=2)")
+  return sizes
 
 
 def make_mesh(cfg: Any, devices=None) -> Mesh:
-  """Mesh of shape (data, fsdp) from config.mesh; -1 on one axis means "all remaining devices"."""
+  """Mesh of shape (data, fsdp, model) from config.mesh (`mesh_shape`). 'model' is the minor
+  axis, so its devices are neighbours (one host, the fastest links)."""
   devices = list(jax.devices() if devices is None else devices)
-  n = len(devices)
-  data, fsdp = int(cfg.data), int(cfg.fsdp)
-  if data == -1 and fsdp == -1:
-    raise UserError("config.mesh.data and config.mesh.fsdp cannot both be -1; valid: -1 on one axis"
-                    " at most")
-  if data == -1:
-    data = n // fsdp if fsdp > 0 else 0
-  if fsdp == -1:
-    fsdp = n // data if data > 0 else 0
-  if data <= 0 or fsdp <= 0 or data * fsdp != n:
-    raise UserError(
-        f"config.mesh (data={cfg.data}, fsdp={cfg.fsdp}) does not tile the {n} available devices;"
-        f" choose data * fsdp = {n} (or -1 on one axis)")
-  return Mesh(np.asarray(devices).reshape(data, fsdp), AXES)
+  sizes = mesh_shape(cfg, len(devices))
+  return Mesh(np.asarray(devices).reshape([sizes[a] for a in AXES]), AXES)
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many slices the batch is split into: data * fsdp (it is replicated over 'model')."""
+  return int(np.prod([mesh.shape.get(a, 1) for a in BATCH_AXES]))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split across all devices, the rest replicated."""
-  return NamedSharding(mesh, P(BATCH_AXES))
+  """Leading (batch) dimension split over (data, fsdp), replicated over 'model'."""
+  return NamedSharding(mesh, P(tuple(a for a in BATCH_AXES if a in mesh.axis_names)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -41,6 +71,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """Host-local numpy batch -> global jax.Arrays sharded over the batch axes (multi-host safe)."""
+  """Host-local numpy batch -> global jax.Arrays sharded over the batch axes (multi-host safe:
+  each host passes the rows of its own devices' batch slices; model-parallel neighbours of one
+  slice share its rows)."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}

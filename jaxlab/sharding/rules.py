@@ -1,9 +1,13 @@
 """Parameter partition rules: logical axis names (recorded in ParamMeta) -> mesh axes.
 
-A rule maps a logical name to a mesh axis; a dimension is sharded only when its size divides
-evenly over that axis and the axis is not already used by another dimension of the same
+A rule maps a logical name to a mesh axis; a name may have several rules, tried in order (the
+first usable one wins). A dimension is sharded only when its size divides evenly over that axis,
+the axis has more than one device and it is not already used by another dimension of the same
 parameter, otherwise it is replicated. With the default rules every parameter is split over
-'fsdp' along its model-width ('embed') dimension (ZeRO-3 / FSDP style) and replicated over 'data'.
+'fsdp' along its model-width ('embed') dimension (ZeRO-3 / FSDP style) and replicated over
+'data'; attention heads and the MLP hidden width are split over 'model' (Megatron-LM tensor
+parallelism, Shoeybi et al. 2019, Sec. 3: column-parallel qkv / MLP-in, row-parallel out /
+MLP-out), falling back to 'fsdp' where there is no 'model' axis to use.
 """
 
 from typing import Any, Sequence
@@ -16,7 +20,9 @@ from jaxlab.param.meta import ParamMeta
 
 DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
     ("embed", "fsdp"),
+    ("mlp", "model"),
     ("mlp", "fsdp"),
+    ("heads", "model"),
     ("heads", "fsdp"),
     ("vocab", "fsdp"),
     ("conv_out", "fsdp"),
@@ -25,15 +31,13 @@ DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
 
 def partition_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                    rules: Sequence[tuple[str, str | None]] = DEFAULT_RULES) -> P:
-  rule = dict(rules)
   used, spec = set(), []
   for name, size in zip(names, shape):
-    axis = rule.get(name) if name is not None else None
-    if axis is not None and axis not in used and size % mesh.shape[axis] == 0 and mesh.shape[axis] > 1:
-      spec.append(axis)
-      used.add(axis)
-    else:
-      spec.append(None)
+    axes = [a for n, a in rules if n == name and name is not None and a is not None]
+    usable = [a for a in axes if a not in used and mesh.shape.get(a, 1) > 1
+              and size % mesh.shape[a] == 0]
+    spec.append(usable[0] if usable else None)
+    used.update(usable[:1])
   return P(*spec)
 
 

@@ -156,7 +156,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % num_devices:
       raise UserError(f"config.{key}={config[key]} must be divisible by the {num_devices} devices"
-                      " of the mesh (each device gets an equal slice of the batch)")
+                      " of the mesh's batch axes (config.mesh.data x config.mesh.fsdp; each gets"
+                      " an equal slice of the batch, config.mesh.model shares it)")
   div = config.get("divergence") or {}
   factor, patience = float(div.get("factor", 0.0)), div.get("patience", 3)
   if not (factor == 0 or (math.isfinite(factor) and factor > 1)):
@@ -259,7 +260,7 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop) -> dict[str,
   if latest:  # checked before anything is built or restored: a shape change cannot restore
     changes = workdir_lib.check_resume(workdir, new_config, latest, allow_config_change)
   mesh = sharding.make_mesh(config.mesh)
-  validate_config(config, mesh.size)
+  validate_config(config, sharding.batch_shards(mesh))
   spec = data.dataset_spec(config.data)
   model = build_model(config, spec)
   example = dummy_input(spec, config.data.get("seq_len", 0))

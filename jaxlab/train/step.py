@@ -1,5 +1,6 @@
 """The pure, jitted train and eval steps (module-level functions; state is donated)."""
 
+import contextlib
 import functools
 from typing import Any
 
@@ -21,6 +22,16 @@ class Static:
 
   def __init__(self, value: Any):
     self.value = value
+
+
+def _mesh_context(shardings: Static | None):
+  """The mesh of the state's shardings as the abstract mesh in context while tracing, so the
+  model's tensor-parallel activation constraints see its 'model' axis
+  (jaxlab.sharding.tensor_parallel); no mesh without shardings."""
+  if shardings is None:
+    return contextlib.nullcontext()
+  mesh = jax.tree.leaves(shardings.value)[0].mesh
+  return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
 
 def _constrain(tree: Any, shardings: Static | None) -> Any:
@@ -46,7 +57,8 @@ def train_step(
 ) -> tuple[TrainState, dict]:
   """One optimizer update (jaxlab.train.core). Returns the new state and scalar
   metrics (+ per-layer rms); the quantization state in state.extra advances with it."""
-  _, metrics, grads, extra = core.loss_and_grads(model, state.params, state.extra, batch, task)
+  with _mesh_context(state_sharding):
+    _, metrics, grads, extra = core.loss_and_grads(model, state.params, state.extra, batch, task)
   params, opt_state, updates = core.apply_update(tx, state.params, state.opt_state, grads)
   metrics["grad_norm"] = optax.tree.norm(grads)
   metrics["param_norm"] = optax.tree.norm(params)
