@@ -170,3 +170,52 @@ def quant_figure(results: dict, title: str):
   axes[0].set_title(f"{title}: QAT (blue) / PTQ (orange) vs fp32 (grey)", fontsize=9)
   fig.tight_layout()
   return fig
+
+
+def landscape_1d_figure(curves: dict, xlabel: str = "alpha"):
+  """curves[label] = (x, loss) (jaxlab.weights.landscape.slice_1d / interpolation_slice) -> loss
+  vs x, a line per label (Li et al. 2018, Fig. 2-style; x = lambda for an interpolation)."""
+  fig = Figure(figsize=(5.5, 3.8))
+  ax = fig.subplots()
+  for (label, (x, loss)), marker in zip(curves.items(), "osD^vP*X" * 4):
+    ax.plot(np.asarray(x, float), np.asarray(loss, float), marker=marker, ms=3, label=label)
+  ax.set(xlabel=xlabel, ylabel="loss")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def landscape_contour_figure(alphas, betas, loss, title: str = "loss landscape"):
+  """loss [len(alphas), len(betas)] (jaxlab.weights.landscape.slice_2d) -> filled contours of
+  log10 loss over (alpha, beta), every third level also drawn as a line, the centre (the params)
+  starred (Li et al. 2018, Fig. 1-style)."""
+  a, b = np.asarray(alphas, float), np.asarray(betas, float)
+  z = np.log10(np.maximum(np.asarray(loss, float), 1e-12))
+  fig = Figure(figsize=(5.2, 4.2))
+  ax = fig.subplots()
+  filled = ax.contourf(a, b, z.T, levels=15, cmap="viridis")
+  ax.contour(a, b, z.T, levels=filled.levels[::3], colors="white", linewidths=0.6)
+  ax.plot([0.0], [0.0], marker="*", ms=10, color="red", linestyle="none", label="params")
+  fig.colorbar(filled, ax=ax, label="log10 loss")
+  ax.set(xlabel="alpha (direction 1)", ylabel="beta (direction 2)", title=title)
+  ax.legend(fontsize=7, loc="upper right")
+  fig.tight_layout()
+  return fig
+
+
+def sparsity_figure(report: dict, title: str = "sparsity per tensor"):
+  """report (jaxlab.weights.pruning.sparsity_report) -> a horizontal bar per tensor of its
+  fraction of zeros, the global fraction as a dashed line."""
+  names = list(report["tensors"])
+  values = [report["tensors"][n]["sparsity"] for n in names]
+  fig = Figure(figsize=(7, 1.0 + 0.22 * len(names)))
+  ax = fig.subplots()
+  ax.barh(range(len(names)), values, color="#4c72b0")
+  ax.axvline(report["global"]["sparsity"], color="k", ls="--", lw=0.8,
+             label=f"global {report['global']['sparsity']:.3f}")
+  ax.set_yticks(range(len(names)), names, fontsize=7)
+  ax.invert_yaxis()  # tree order top to bottom
+  ax.set(xlim=(0, 1), xlabel="fraction of zeros", title=title)
+  ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  return fig
