@@ -1,0 +1,1 @@
+"""Weight-space tools: permutation alignment, mode connectivity, merging, pruning, loss landscapes."""
