@@ -379,6 +379,30 @@ class PermutationSpec:
   groups: Mapping[str, int]
   axes: Mapping[str, tuple]
 
+  def outer_groups(self) -> list[str]:
+    """The groups that some axis is permuted by directly or as the leading factor of a product
+    (hidden units, channels, heads), leaving out those seen only inside a product (head_dim
+    within a head): the groups alignment matches by default, as Git Re-Basin does."""
+    found: set = set()
+
+    def visit(ex, inner=False):
+      if ex is None or ex[0] == "fixed":
+        return
+      if ex[0] == "perm":
+        if not inner:
+          found.add(ex[1])
+      elif ex[0] == "concat":
+        for q in ex[1]:
+          visit(q, inner)
+      else:
+        for i, q in enumerate(ex[1]):
+          visit(q, inner or i > 0)
+
+    for exprs in self.axes.values():
+      for ex in exprs:
+        visit(ex)
+    return [g for g in self.groups if g in found]
+
   def members(self, group: str) -> list[tuple[str, int]]:
     """(parameter path, axis) pairs whose Expr mentions `group`."""
     return [(path, k) for path, exprs in self.axes.items() for k, ex in enumerate(exprs)
@@ -397,26 +421,53 @@ def path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
+@dataclasses.dataclass
+class Analysis:
+  """What permutation_spec found: the spec, the traced program and, for its top-level arrays,
+  which axis carries which group's units (activation matching reads those)."""
+
+  spec: PermutationSpec
+  closed: Any  # the ClosedJaxpr of apply_fn(variables, *inputs)
+  num_variables: int
+  activation_axes: list  # (var, axis, group) of top-level equation outputs
+
+
+def analyse(apply_fn: Callable, variables: Any, *inputs: Any,
+            platform: str | None = None) -> Analysis:
+  """Traces apply_fn(variables, *inputs) and derives its permutation groups (module docstring)."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(variables)
+  with jax.disable_jit():  # inner jax.jit calls are inlined: their arrays are top-level too
+    closed = jax.make_jaxpr(lambda v, *xs: apply_fn(v, *xs))(variables, *inputs)
+  jaxpr = closed.jaxpr
+  axes = _Axes()
+  tracer = _Tracer(axes, platform or jax.default_backend())
+  param_vars, input_vars = jaxpr.invars[:len(leaves)], jaxpr.invars[len(leaves):]
+  tracer.jaxpr(jaxpr, closed.consts)
+  for v in (*input_vars, *jaxpr.outvars):
+    tracer.fix_all(v)
+  spec, names = _resolve(axes, [(path_str(p), v) for (p, _), v in zip(leaves, param_vars)])
+  spec, rename = _named(spec)
+  acts = []
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      if not _is_var(v) or not hasattr(v.aval, "shape"):
+        continue
+      for k, size in enumerate(_shape(v)):
+        key = (0, v, k)
+        if size > 1 and key in axes.parent and axes.find(key) in names:
+          acts.append((v, k, rename[names[axes.find(key)]]))
+  return Analysis(spec, closed, len(leaves), acts)
+
+
 def permutation_spec(apply_fn: Callable, variables: Any, *inputs: Any,
                      platform: str | None = None) -> PermutationSpec:
   """The permutation groups of `apply_fn(variables, *inputs)` (e.g. `model.apply`, variables
   {'params': ..., 'batch_stats': ...}; arrays or ShapeDtypeStructs). Every leaf of `variables`
   gets its axes' Exprs (batch statistics move with their channels)."""
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
-  closed = jax.make_jaxpr(lambda v, *xs: apply_fn(v, *xs))(variables, *inputs)
-  jaxpr = closed.jaxpr
-  axes = _Axes()
-  tracer = _Tracer(axes, platform or jax.default_backend())
-  n_vars = len(leaves)
-  param_vars, input_vars = jaxpr.invars[:n_vars], jaxpr.invars[n_vars:]
-  tracer.jaxpr(jaxpr, closed.consts)
-  for v in (*input_vars, *jaxpr.outvars):
-    tracer.fix_all(v)
-  del treedef
-  return _resolve(axes, tracer, [(path_str(p), v) for (p, _), v in zip(leaves, param_vars)])
+  return analyse(apply_fn, variables, *inputs, platform=platform).spec
 
 
-def _resolve(ax: _Axes, tracer: _Tracer, params: list) -> PermutationSpec:
+def _resolve(ax: _Axes, params: list) -> tuple[PermutationSpec, dict]:
   # class-level fixed marks and definitions
   fixed = {ax.find(k) for k in ax.fixed}
   defs: dict = {}
@@ -458,10 +509,10 @@ def _resolve(ax: _Axes, tracer: _Tracer, params: list) -> PermutationSpec:
       ex = expr(ax.find(ax.node(var, k))) if s > 1 else None
       exprs.append(None if ex is None or ex[0] == "fixed" else ex)
     out[path] = tuple(exprs)
-  return _named(PermutationSpec(groups, out))
+  return PermutationSpec(groups, out), names
 
 
-def _named(spec: PermutationSpec) -> PermutationSpec:
+def _named(spec: PermutationSpec) -> tuple[PermutationSpec, dict]:
   """Renames g0, g1, ... after the layer that produces the units: the module path of the first
   parameter whose last axis is exactly that group ('dense_0', 'stem', 'block_0/mlp/up'); else
   (heads inside a fused axis) the longest common module path of its parameters + '/units'."""
@@ -498,7 +549,7 @@ def _named(spec: PermutationSpec) -> PermutationSpec:
     return (ex[0], tuple(sub(q) for q in ex[1]))
 
   return PermutationSpec({rename[g]: n for g, n in spec.groups.items()},
-                         {p: tuple(sub(e) for e in exprs) for p, exprs in spec.axes.items()})
+                         {p: tuple(sub(e) for e in exprs) for p, exprs in spec.axes.items()}), rename
 
 
 def _is_norm(module: str, spec: PermutationSpec, g: str) -> bool:
