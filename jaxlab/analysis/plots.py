@@ -219,3 +219,31 @@ def sparsity_figure(report: dict, title: str = "sparsity per tensor"):
   ax.legend(fontsize=7, loc="lower right")
   fig.tight_layout()
   return fig
+
+
+def barrier_figure(results: dict):
+  """results[width] = {"summary": {method: {"mean", "min", "max"}}, "pairs": [{method: {"lam",
+  "loss"}}]} (experiments.weight_space) -> left: test-loss barrier vs width per alignment method
+  (mean over seed pairs, bars from the smallest to the largest pair); right: test loss along the
+  path at the widest width, first pair, per method (Ainsworth et al. 2023, Fig. 4-style)."""
+  fig = Figure(figsize=(10, 3.8))
+  left, right = fig.subplots(1, 2)
+  widths = sorted(results, key=int)
+  methods = list(results[widths[0]]["summary"])
+  for method, marker in zip(methods, "osD^vP*X"):
+    s = [results[w]["summary"][method] for w in widths]
+    mean = np.asarray([r["mean"] for r in s])
+    err = np.asarray([[r["mean"] - r["min"] for r in s], [r["max"] - r["mean"] for r in s]])
+    left.errorbar([int(w) for w in widths], mean, yerr=err, marker=marker, ms=4, capsize=3,
+                  label=method)
+  left.set_xscale("log", base=2)
+  left.set(xlabel="width", ylabel="test-loss barrier", title="barrier vs width")
+  left.legend(fontsize=7)
+  widest = results[widths[-1]]["pairs"][0]
+  for method, marker in zip(methods, "osD^vP*X"):
+    right.plot(widest[method]["lam"], widest[method]["loss"], marker=marker, ms=3, label=method)
+  right.set(xlabel="lambda ((1 - lambda) A + lambda B)", ylabel="test loss",
+            title=f"width {widths[-1]}, first pair")
+  right.legend(fontsize=7)
+  fig.tight_layout()
+  return fig

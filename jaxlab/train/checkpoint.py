@@ -4,10 +4,10 @@ Integrity: orbax writes each step to `<step>.orbax-checkpoint-tmp` and renames i
 so a run killed mid-save leaves only a tmp dir, which the manager ignores and deletes
 (`cleanup_tmp_directories`). With several processes each writes its own shards and process 0
 renames the step only after every process finished (orbax's barrier), so a step that some
-processes never finished writing is never restored. Bytes that change on disk after the save (a truncated or flipped
-file) are not all caught by orbax (flipped array bytes restore silently), so each save also
-stores a fingerprint of the state (wrapping integer sums of its bits) next to the data state and
-the restore compares it.
+processes never finished writing is never restored. Bytes that change on disk after the save
+(a truncated or flipped file) are not all caught by orbax (flipped array bytes restore
+silently), so each save also stores a fingerprint of the state (wrapping integer sums of its
+bits) next to the data state and the restore compares it.
 
 An unreadable newest checkpoint is reported in one warning line, moved to
 `<workdir>/checkpoints_corrupt/<step>-<time>` (kept, not deleted) and the run resumes from the

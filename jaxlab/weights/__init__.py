@@ -1,1 +1,2 @@
-"""Weight-space tools: permutation alignment, mode connectivity, merging, pruning, loss landscapes."""
+"""Weight-space tools: permutation alignment, mode connectivity, merging, pruning, loss
+landscapes."""

@@ -102,7 +102,8 @@ def weight_matching(spec: PermutationSpec, params_a: Any, params_b: Any, *, seed
 
 def activations(analysis: Analysis, variables: Any, *inputs: Any) -> dict[str, list[jax.Array]]:
   """{group: [activations, one [samples, units] array per top-level array carrying the group]}
-  of one forward pass (the traced program of `analysis`, evaluated on these variables/inputs)."""
+  of one forward pass (the traced program of `analysis`, evaluated on these variables/inputs,
+  which must have the shapes it was traced with)."""
   closed = analysis.closed
   carriers = list(dict.fromkeys(v for v, _, _ in analysis.activation_axes))
   program = jcore.ClosedJaxpr(closed.jaxpr.replace(outvars=carriers), closed.consts)

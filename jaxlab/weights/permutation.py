@@ -548,8 +548,9 @@ def _named(spec: PermutationSpec) -> tuple[PermutationSpec, dict]:
       return ("perm", rename[ex[1]])
     return (ex[0], tuple(sub(q) for q in ex[1]))
 
-  return PermutationSpec({rename[g]: n for g, n in spec.groups.items()},
-                         {p: tuple(sub(e) for e in exprs) for p, exprs in spec.axes.items()}), rename
+  named = PermutationSpec({rename[g]: n for g, n in spec.groups.items()},
+                          {p: tuple(sub(e) for e in exprs) for p, exprs in spec.axes.items()})
+  return named, rename
 
 
 def _is_norm(module: str, spec: PermutationSpec, g: str) -> bool:
