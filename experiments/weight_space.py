@@ -19,7 +19,6 @@ import time
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
@@ -27,7 +26,8 @@ from experiments.width_configs import config_at
 from jaxlab import data
 from jaxlab.analysis import plots
 from jaxlab.analysis.lr_sweep import stack_batches
-from jaxlab.train import core, step as step_lib, tasks
+from jaxlab.analysis.seed_runs import evaluator, train_seeds
+from jaxlab.train import core, tasks
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 from jaxlab.weights import interpolation, matching, permutation
 
@@ -45,38 +45,6 @@ _STATS_EXAMPLES = flags.DEFINE_integer("stats_examples", 1000, "train examples f
 flags.mark_flags_as_required(["config", "workdir"])
 
 METHODS = ("naive", "weight", "activation", "ste", "weight_repair")
-
-
-def train_seeds(model, tx, task, seeds, batches):
-  """Final params of one run per seed; batches [S, T, ...]: seed s's own data order."""
-
-  def one(seed, seed_batches):
-    example = task.inputs(jax.tree.map(lambda x: x[0], seed_batches))
-    params, extra = core.init_params_and_extra(model, jax.random.PRNGKey(seed), example)
-
-    def step(carry, batch):
-      p, opt_state = carry
-      _, _, grads, _ = core.loss_and_grads(model, p, extra, batch, task)
-      p, opt_state, _ = core.apply_update(tx, p, opt_state, grads)
-      return (p, opt_state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), seed_batches)
-    return params
-
-  return jax.jit(jax.vmap(one))(jnp.asarray(seeds, jnp.uint32), batches)
-
-
-def make_eval(model, task, eval_batches):
-  """params -> {'loss', 'accuracy'} on the whole test split."""
-  step = jax.jit(lambda p, b: step_lib.eval_step(p, {}, b, model=model, task=task))
-
-  def evaluate(variables):
-    sums = None
-    for b in eval_batches:
-      sums = step_lib.sum_trees(sums, step(variables["params"], b))
-    return tasks.finish_eval(jax.device_get(sums))
-
-  return evaluate
 
 
 def measure_pair(methods, model, task, analysis, evaluate, a, b, stats_x, ste_batches) -> dict:
@@ -161,7 +129,7 @@ def main(argv):
     train_s = time.perf_counter() - t0
     del batches
     models_ = [{"params": jax.tree.map(lambda x, i=i: x[i], params)} for i in seeds]
-    evaluate = make_eval(model, task, eval_batches)
+    evaluate = evaluator(model, task, eval_batches)
     analysis = permutation.analyse(model.apply, models_[0], stats_x)
     pairs = [measure_pair(methods, model, task, analysis, evaluate, models_[2 * k],
                           models_[2 * k + 1], stats_x, ste_batches) for k in range(_PAIRS.value)]

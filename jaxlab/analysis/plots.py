@@ -224,8 +224,8 @@ def sparsity_figure(report: dict, title: str = "sparsity per tensor"):
 def barrier_figure(results: dict):
   """results[width] = {"summary": {method: {"mean", "min", "max"}}, "pairs": [{method: {"lam",
   "loss"}}]} (experiments.weight_space) -> left: test-loss barrier vs width per alignment method
-  (mean over seed pairs, bars from the smallest to the largest pair); right: test loss along the
-  path at the widest width, first pair, per method (Ainsworth et al. 2023, Fig. 4-style)."""
+  (mean over seed pairs, bars from the smallest to the largest pair; symlog y); right: test loss
+  along the path at the widest width, first pair, per method (Ainsworth et al. 2023, Fig. 4)."""
   fig = Figure(figsize=(10, 3.8))
   left, right = fig.subplots(1, 2)
   widths = sorted(results, key=int)
@@ -237,7 +237,10 @@ def barrier_figure(results: dict):
     left.errorbar([int(w) for w in widths], mean, yerr=err, marker=marker, ms=4, capsize=3,
                   label=method)
   left.set_xscale("log", base=2)
-  left.set(xlabel="width", ylabel="test-loss barrier", title="barrier vs width")
+  left.set_yscale("symlog", linthresh=1e-3)  # matched barriers sit 2-3 decades below naive
+  left.set_ylim(bottom=0)
+  left.set(xlabel="width", ylabel="test-loss barrier (symlog, linear below 1e-3)",
+           title="barrier vs width")
   left.legend(fontsize=7)
   widest = results[widths[-1]]["pairs"][0]
   for method, marker in zip(methods, "osD^vP*X"):
@@ -245,5 +248,25 @@ def barrier_figure(results: dict):
   right.set(xlabel="lambda ((1 - lambda) A + lambda B)", ylabel="test loss",
             title=f"width {widths[-1]}, first pair")
   right.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def pruning_figure(results: dict, title: str):
+  """results = {"dense": {"accuracy"}, "methods": {method: [{"sparsity", "accuracy",
+  "finetuned_accuracy"}]}} (experiments.pruning_study) -> test accuracy vs sparsity, a colour per
+  method, solid before and dashed after fine-tuning with the masks kept; the dense accuracy
+  dotted."""
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
+  for (method, rows), marker in zip(results["methods"].items(), "osD^v"):
+    s = [r["sparsity"] for r in rows]
+    line, = ax.plot(s, [r["accuracy"] for r in rows], marker=marker, ms=4, label=method)
+    ax.plot(s, [r["finetuned_accuracy"] for r in rows], marker=marker, ms=4, linestyle="--",
+            color=line.get_color(), label=f"{method} + fine-tune")
+  ax.axhline(results["dense"]["accuracy"], color="gray", linestyle=":", label="dense")
+  ax.set(xlabel="sparsity (fraction of prunable weights / units removed)",
+         ylabel="test accuracy", title=title)
+  ax.legend(fontsize=7)
   fig.tight_layout()
   return fig
