@@ -12,13 +12,16 @@ from jaxlab.train import core, step as step_lib, tasks
 
 
 def train_seeds(model: nn.Module, tx: optax.GradientTransformation, task: tasks.Task,
-                seeds: Sequence[int], batches: dict) -> Any:
-  """Final params [S, ...] of one run per seed: init from the seed, then a lax.scan of optimizer
-  steps over batches [S, T, ...] (seed s's own data order), vmapped over the seeds."""
+                seeds: Sequence[int], batches: dict, init: Any = None) -> Any:
+  """Final params [S, ...] of one run per seed: init from the seed (or every run from the params
+  `init`: fine-tuning), then a lax.scan of optimizer steps over batches [S, T, ...] (seed s's own
+  data order), vmapped over the seeds."""
 
   def one(seed, seed_batches):
     example = task.inputs(jax.tree.map(lambda x: x[0], seed_batches))
     params, extra = core.init_params_and_extra(model, jax.random.PRNGKey(seed), example)
+    if init is not None:
+      params = jax.tree.map(jnp.asarray, init)
 
     def step(carry, batch):
       p, opt_state = carry
