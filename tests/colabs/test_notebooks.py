@@ -20,7 +20,8 @@ from tests.plot_checks import png_problems
 
 NOTEBOOKS = sorted(pathlib.Path(REPO, "colabs").glob("*.ipynb"))
 FIGURES = {"depth.ipynb": 1, "mlp_quickstart.ipynb": 1, "parameterization.ipynb": 2,
-           "quantization.ipynb": 2}  # figures each notebook displays
+           "quantization.ipynb": 2,
+           "weight_space.ipynb": 2}  # figures each notebook displays
 PLOT_CHECKS = pathlib.Path(REPO, "tests", "plot_checks.py")
 MARKER = "plot problems: "
 
