@@ -29,7 +29,7 @@ from jaxlab.analysis.lr_sweep import stack_batches
 from jaxlab.analysis.seed_runs import evaluator, train_seeds
 from jaxlab.train import core, tasks
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
-from jaxlab.weights import interpolation, matching, permutation
+from jaxlab.weights import interpolation, landscape, matching, permutation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a jaxlab/configs file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the JSON and PNG go")
@@ -42,6 +42,10 @@ _METHODS = flags.DEFINE_list("methods", ["naive", "weight", "activation", "ste",
 _STE_STEPS = flags.DEFINE_integer("ste_steps", 100, "straight-through estimator steps")
 _STATS_EXAMPLES = flags.DEFINE_integer("stats_examples", 1000, "train examples for activation "
                                        "matching and REPAIR's statistics")
+_LANDSCAPE = flags.DEFINE_integer(
+    "landscape_points", 0, "if > 0: a landscape_points^2 grid of the test loss around the widest "
+    "width's model A along two filter-normalised random directions (Li et al. 2018), spanning "
+    "-1..1 of each, saved as weight_space_landscape.png and in the JSON")
 flags.mark_flags_as_required(["config", "workdir"])
 
 METHODS = ("naive", "weight", "activation", "ste", "weight_repair")
@@ -66,7 +70,9 @@ def measure_pair(methods, model, task, analysis, evaluate, a, b, stats_x, ste_ba
     elif method == "weight_repair":
       bw = permutation.apply_permutation(spec, aligned["weight"], b)
       lams = np.linspace(0, 1, _POINTS.value)
-      rows = [evaluate(interpolation.repair(model, a, bw, float(l), stats_x)) for l in lams]
+      layers = interpolation.unit_layers(model, a, stats_x)
+      rows = [evaluate(interpolation.repair(model, a, bw, float(l), stats_x, layers=layers))
+              for l in lams]
       curve = {"lam": lams, **{k: np.asarray([r[k] for r in rows]) for k in rows[0]}}
     else:
       curve = interpolation.path_curve(
@@ -141,14 +147,31 @@ def main(argv):
         for m, s in results[width]["summary"].items()) + f" (train {train_s:.0f} s)", flush=True)
     _write(results, config)
   plots.save_png(plots.barrier_figure(results), os.path.join(_WORKDIR.value, "weight_space.png"))
+  if _LANDSCAPE.value:
+    grid = np.linspace(-1.0, 1.0, _LANDSCAPE.value)
+    batch = jax.tree.map(lambda *xs: np.concatenate(xs), *eval_batches)
+    info = param_info_of(model, example)
+
+    def loss_fn(p):
+      sums = task.eval_sums(core.logits(model, p, {}, batch, task), batch)
+      return sums["loss"] / sums["count"]
+
+    d1, d2 = (landscape.filter_normalized_direction(jax.random.PRNGKey(k), models_[0]["params"],
+                                                    info) for k in (1, 2))
+    losses = np.asarray(landscape.slice_2d(loss_fn, models_[0]["params"], d1, d2, grid, grid))
+    _write(results, config, landscape={"width": width, "alphas": grid.tolist(),
+                                       "betas": grid.tolist(), "test_loss": losses.tolist()})
+    plots.save_png(plots.landscape_contour_figure(grid, grid, losses,
+                                                  title=f"test loss around A, width {width}"),
+                   os.path.join(_WORKDIR.value, "weight_space_landscape.png"))
 
 
-def _write(results, config):
+def _write(results, config, **extra):
   os.makedirs(_WORKDIR.value, exist_ok=True)
   path = os.path.join(_WORKDIR.value, "weight_space.json")
   with open(path + ".tmp", "w") as f:
     json.dump({"results": results, "steps": _STEPS.value, "pairs": _PAIRS.value,
-               "config": config.to_dict()}, f, indent=1, default=str)
+               "config": config.to_dict(), **extra}, f, indent=1, default=str)
   os.replace(path + ".tmp", path)
 
 

@@ -11,6 +11,7 @@ a bias, or a norm's gain and bias), so the repaired network is an ordinary param
 model; layers without a bias (or a following norm) are left alone.
 """
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax
@@ -76,9 +77,8 @@ def _get(tree, path):
   return tree
 
 
-def unit_stats(model: nn.Module, variables: Any, x: Any,
-               layers: Sequence[tuple[str, ...]]) -> dict[tuple, tuple[jax.Array, jax.Array]]:
-  """Per-unit (mean, std) of each layer's output over every other axis (batch, space, tokens)."""
+@functools.partial(jax.jit, static_argnames=("model", "layers"))
+def _unit_stats(model, variables, x, layers):
   wanted = set(layers)
 
   def capture(m, method):
@@ -90,6 +90,13 @@ def unit_stats(model: nn.Module, variables: Any, x: Any,
     y = ys[0].reshape(-1, ys[0].shape[-1]).astype(jnp.float32)
     stats[path[:-1]] = (y.mean(0), y.std(0))
   return stats
+
+
+def unit_stats(model: nn.Module, variables: Any, x: Any,
+               layers: Sequence[tuple[str, ...]]) -> dict[tuple, tuple[jax.Array, jax.Array]]:
+  """Per-unit (mean, std) of each layer's output over every other axis (batch, space, tokens);
+  one jitted forward pass (compiled once per model, input shape and layer set)."""
+  return _unit_stats(model, variables, x, tuple(tuple(layer) for layer in layers))
 
 
 def repair(model: nn.Module, variables_a: Any, variables_b: Any, lam: float, x: Any, *,
@@ -108,9 +115,9 @@ def repair(model: nn.Module, variables_a: Any, variables_b: Any, lam: float, x: 
   params = interpolate(variables_a["params"], variables_b["params"], lam)
   others = {k: v for k, v in variables_a.items() if k != "params"}
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-  for layer in layers:
+  for layer in layers:  # all layers measured in one pass (one compile); the later ones unused
     current = {"params": flax.traverse_util.unflatten_dict(flat), **others}
-    mu, sigma = unit_stats(model, current, x, [layer])[layer]
+    mu, sigma = unit_stats(model, current, x, layers)[layer]
     (mu_a, sd_a), (mu_b, sd_b) = stats_a[layer], stats_b[layer]
     mu_t = (1 - lam) * mu_a + lam * mu_b
     sd_t = (1 - lam) * sd_a + lam * sd_b

@@ -10,7 +10,8 @@ def test_weight_space_cli(run_python, tfds_data_dir, tmp_path):
   done = run_python("-m", "experiments.weight_space", "--config=jaxlab/configs/mnist5k_mlp.py",
                     f"--config.data.data_dir={tfds_data_dir}", "--widths=32,64", "--pairs=2",
                     "--steps=60", "--stats_examples=256",
-                    "--methods=naive,weight,activation,weight_repair", f"--workdir={tmp_path}")
+                    "--methods=naive,weight,activation,weight_repair", "--landscape_points=5",
+                    f"--workdir={tmp_path}")
   assert done.returncode == 0, done.stderr[-3000:]
   out = json.loads((tmp_path / "weight_space.json").read_text())
   assert sorted(out["results"], key=int) == ["32", "64"]
@@ -27,5 +28,10 @@ def test_weight_space_cli(run_python, tfds_data_dir, tmp_path):
       # Git Re-Basin's central claim at its smallest: matching lowers the barrier
       assert pair["weight"]["barrier_loss"] < pair["naive"]["barrier_loss"]
   assert png_problems((tmp_path / "weight_space.png").read_bytes()) == []
+  land = json.loads((tmp_path / "weight_space.json").read_text())["landscape"]
+  assert land["width"] == 64 and len(land["test_loss"]) == 5 == len(land["test_loss"][0])
+  centre = land["test_loss"][2][2]  # alpha = beta = 0: model A itself
+  assert abs(centre - out["results"]["64"]["pairs"][0]["naive"]["loss"][0]) < 1e-4
+  assert png_problems((tmp_path / "weight_space_landscape.png").read_bytes()) == []
   assert figure_problems(plots.barrier_figure(
       {int(w): r for w, r in out["results"].items()})) == []
