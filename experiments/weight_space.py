@@ -19,6 +19,7 @@ import time
 
 from absl import app, flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
@@ -42,6 +43,9 @@ _METHODS = flags.DEFINE_list("methods", ["naive", "weight", "activation", "ste",
 _STE_STEPS = flags.DEFINE_integer("ste_steps", 100, "straight-through estimator steps")
 _STATS_EXAMPLES = flags.DEFINE_integer("stats_examples", 1000, "train examples for activation "
                                        "matching and REPAIR's statistics")
+_VMAP_SEEDS = flags.DEFINE_bool(
+    "vmap_seeds", True, "train a width's seeds in one vmapped program (fast for MLPs); false: one "
+    "after the other (XLA:CPU runs a vmapped convolution as a slow grouped one)")
 _LANDSCAPE = flags.DEFINE_integer(
     "landscape_points", 0, "if > 0: a landscape_points^2 grid of the test loss around the widest "
     "width's model A along two filter-normalised random directions (Li et al. 2018), spanning "
@@ -131,7 +135,12 @@ def main(argv):
         stack_batches(data.make_train_iterator(c.data, batch_size=c.batch_size, seed=s, **whole),
                       _STEPS.value) for s in seeds])
     t0 = time.perf_counter()
-    params = jax.block_until_ready(train_seeds(model, tx, task, seeds, batches))
+    if _VMAP_SEEDS.value:
+      params = jax.block_until_ready(train_seeds(model, tx, task, seeds, batches))
+    else:
+      runs = [train_seeds(model, tx, task, [s], jax.tree.map(lambda x, i=i: x[i:i + 1], batches))
+              for i, s in enumerate(seeds)]
+      params = jax.block_until_ready(jax.tree.map(lambda *xs: jnp.concatenate(xs), *runs))
     train_s = time.perf_counter() - t0
     del batches
     models_ = [{"params": jax.tree.map(lambda x, i=i: x[i], params)} for i in seeds]
