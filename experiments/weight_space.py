@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from experiments.width_configs import config_at
 from jaxlab import data
 from jaxlab.analysis import plots
-from jaxlab.analysis.lr_sweep import stack_batches
+from jaxlab.analysis.lr_sweep import scan_train, stack_batches
 from jaxlab.analysis.seed_runs import evaluator, train_seeds
 from jaxlab.train import core, tasks
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
@@ -45,7 +45,7 @@ _STATS_EXAMPLES = flags.DEFINE_integer("stats_examples", 1000, "train examples f
                                        "matching and REPAIR's statistics")
 _VMAP_SEEDS = flags.DEFINE_bool(
     "vmap_seeds", True, "train a width's seeds in one vmapped program (fast for MLPs); false: one "
-    "after the other (XLA:CPU runs a vmapped convolution as a slow grouped one)")
+    "after the other, unbatched (XLA:CPU runs a vmapped convolution as a slow grouped one)")
 _LANDSCAPE = flags.DEFINE_integer(
     "landscape_points", 0, "if > 0: a landscape_points^2 grid of the test loss around the widest "
     "width's model A along two filter-normalised random directions (Li et al. 2018), spanning "
@@ -138,9 +138,10 @@ def main(argv):
     if _VMAP_SEEDS.value:
       params = jax.block_until_ready(train_seeds(model, tx, task, seeds, batches))
     else:
-      runs = [train_seeds(model, tx, task, [s], jax.tree.map(lambda x, i=i: x[i:i + 1], batches))
+      train_one = jax.jit(lambda seed, b: scan_train(model, tx, task, seed, b)[0])
+      runs = [jax.block_until_ready(train_one(s, jax.tree.map(lambda x, i=i: x[i], batches)))
               for i, s in enumerate(seeds)]
-      params = jax.block_until_ready(jax.tree.map(lambda *xs: jnp.concatenate(xs), *runs))
+      params = jax.tree.map(lambda *xs: jnp.stack(xs), *runs)
     train_s = time.perf_counter() - t0
     del batches
     models_ = [{"params": jax.tree.map(lambda x, i=i: x[i], params)} for i in seeds]
