@@ -45,7 +45,7 @@ _STATS_EXAMPLES = flags.DEFINE_integer("stats_examples", 1000, "train examples f
                                        "matching and REPAIR's statistics")
 _VMAP_SEEDS = flags.DEFINE_bool(
     "vmap_seeds", True, "train a width's seeds in one vmapped program (fast for MLPs); false: one "
-    "after the other, unbatched (XLA:CPU runs a vmapped convolution as a slow grouped one)")
+    "after the other, unbatched (XLA:CPU may run a vmapped convolution as a slow grouped one)")
 _LANDSCAPE = flags.DEFINE_integer(
     "landscape_points", 0, "if > 0: a landscape_points^2 grid of the test loss around the widest "
     "width's model A along two filter-normalised random directions (Li et al. 2018), spanning "
