@@ -16,7 +16,7 @@ import scipy.optimize
 from jax.extend import core as jcore
 
 from jaxlab.weights.permutation import (Analysis, PermutationSpec, apply_permutation, expr_size,
-                                        identity_permutation, path_str)
+                                        groups_in, identity_permutation, path_str)
 
 
 def unit_rows(x: jax.Array, axis: int, ex: Any, group: str, sizes: Mapping[str, int]) -> jax.Array:
@@ -29,22 +29,14 @@ def unit_rows(x: jax.Array, axis: int, ex: Any, group: str, sizes: Mapping[str, 
   if ex[0] == "concat":
     rows, start = [], 0
     for q, n in zip(ex[1], part_sizes):
-      if group in _groups(q):
+      if group in groups_in(q):
         part = jax.lax.slice_in_dim(x, start, start + n, axis=axis)
         rows.append(unit_rows(part, axis, q, group, sizes))
       start += n
     return jnp.concatenate(rows, axis=1)
   x = x.reshape(x.shape[:axis] + tuple(part_sizes) + x.shape[axis + 1:])
-  k = next(i for i, q in enumerate(ex[1]) if group in _groups(q))
+  k = next(i for i, q in enumerate(ex[1]) if group in groups_in(q))
   return unit_rows(x, axis + k, ex[1][k], group, sizes)
-
-
-def _groups(ex) -> set:
-  if ex is None or ex[0] == "fixed":
-    return set()
-  if ex[0] == "perm":
-    return {ex[1]}
-  return set().union(*(_groups(q) for q in ex[1]))
 
 
 def _flat(tree) -> dict[str, jax.Array]:
