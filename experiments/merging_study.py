@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from experiments.step_chunk_flag import step_chunk
 from jaxlab import data
 from jaxlab.analysis.seed_runs import evaluator, train_seeds
 from jaxlab.train import tasks
@@ -90,6 +91,7 @@ def main(argv):
   val = {k: v[val_idx] for k, v in train.items()}
   model = build_model(config, spec)
   info = param_info_of(model, example)
+  chunk = step_chunk(model, example)
 
   def fit(index, steps, seed, init=None):
     c = config.copy_and_resolve_references()
@@ -97,7 +99,7 @@ def main(argv):
     c.optim.warmup_steps = min(c.optim.warmup_steps, steps // 10)
     tx = make_tx(c, model, info)
     batches = sampled_batches(train, index, c.batch_size, steps, seed)
-    params = train_seeds(model, tx, task, [_SEED.value], batches, init=init)
+    params = train_seeds(model, tx, task, [_SEED.value], batches, init=init, chunk=chunk)
     return jax.tree.map(lambda x: x[0], params)
 
   base = fit(fit_idx, _BASE_STEPS.value, 1)

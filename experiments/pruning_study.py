@@ -21,11 +21,12 @@ import jax
 import optax
 from ml_collections import config_flags
 
+from experiments.step_chunk_flag import step_chunk
 from jaxlab import data
 from jaxlab.analysis import plots
-from jaxlab.analysis.lr_sweep import scan_train, stack_batches
+from jaxlab.analysis.lr_sweep import stack_batches
 from jaxlab.analysis.seed_runs import evaluator
-from jaxlab.train import core, tasks
+from jaxlab.train import core, step_loops, tasks
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 from jaxlab.weights import pruning
 
@@ -55,26 +56,23 @@ def masks_for(method: str, params, info, sparsity: float, model_name: str):
                        "magnitude_layerwise, structured")
 
 
-def finetune(model, task, config, info, params, masks, batches):
+def train(model, task, tx, params, batches, chunk: int):
+  """params after one step of `tx` per batch of [T, ...] (jaxlab.train.step_loops)."""
+  step = step_loops.optimizer_step(model, tx, task)
+  carry = (params, tx.init(params), {})
+  if chunk:
+    return step_loops.chunked_steps(step, carry, batches, chunk)[0][0]
+  return jax.jit(lambda c, b: step_loops.scan_steps(step, c, b)[0][0])(carry, batches)
+
+
+def finetune(model, task, config, info, params, masks, batches, chunk: int):
   """`--finetune_steps` of the config's optimizer (peak LR scaled) keeping the masks."""
   c = config.copy_and_resolve_references()
   c.num_steps = _FT_STEPS.value
   c.optim.learning_rate = config.optim.learning_rate * _FT_LR.value
   c.optim.warmup_steps = min(c.optim.warmup_steps, _FT_STEPS.value // 10)
   tx = optax.chain(make_tx(c, model, info), pruning.keep_masked(masks))
-
-  @jax.jit
-  def run(params, batches):
-    def step(carry, batch):
-      p, opt_state = carry
-      _, _, grads, _ = core.loss_and_grads(model, p, {}, batch, task)
-      p, opt_state, _ = core.apply_update(tx, p, opt_state, grads)
-      return (p, opt_state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), batches)
-    return params
-
-  return run(params, batches)
+  return train(model, task, tx, params, batches, chunk)
 
 
 def main(argv):
@@ -90,11 +88,13 @@ def main(argv):
   evaluate = evaluator(model, task, list(data.eval_batches(
       config.data, batch_size=config.eval_batch_size, **whole)))
   t0 = time.perf_counter()
-  train = stack_batches(data.make_train_iterator(config.data, batch_size=config.batch_size,
-                                                 seed=config.seed, **whole), _STEPS.value)
-  params, _, _ = jax.jit(lambda b: scan_train(model, make_tx(config, model, info), task,
-                                              config.seed, b))(train)
-  del train
+  batches = stack_batches(data.make_train_iterator(config.data, batch_size=config.batch_size,
+                                                   seed=config.seed, **whole), _STEPS.value)
+  chunk = step_chunk(model, example)
+  params = train(model, task, make_tx(config, model, info),
+                 core.init_params_and_extra(model, jax.random.PRNGKey(config.seed), example)[0],
+                 batches, chunk)
+  del batches
   dense = evaluate({"params": params})
   print(f"dense: test accuracy {dense['accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)",
         flush=True)
@@ -108,7 +108,8 @@ def main(argv):
       pruned = pruning.apply_masks(params, masks)
       report = pruning.sparsity_report(pruned, masks)["global"]  # over all parameters
       before = evaluate({"params": pruned})
-      tuned = finetune(model, task, config, info, pruned, masks, ft_batches) if _FT_STEPS.value else None
+      tuned = (finetune(model, task, config, info, pruned, masks, ft_batches, chunk)
+               if _FT_STEPS.value else None)
       after = evaluate({"params": tuned}) if tuned is not None else before
       rows.append({"sparsity": s, "pruned_fraction": report["pruned"] / report["size"],
                    "accuracy": before["accuracy"], "loss": before["loss"],

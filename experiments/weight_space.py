@@ -4,7 +4,8 @@ r"""Linear mode connectivity across width, before and after permutation alignmen
       --widths=64,128,256,512,1024,2048 --pairs=3 --steps=1000 --workdir=/tmp/weight_space
 
 For every width it trains 2 x pairs seeds of the config (init and data order both from the seed;
-the seeds of a width trained in one vmapped program), then for each pair (A, B) measures the
+the seeds of a width trained in one vmapped program, or one after the other for conv nets:
+--step_chunk), then for each pair (A, B) measures the
 test loss and accuracy at 25 points of the straight path (1 - l) A + l B: naive, after weight
 matching, activation matching and the straight-through estimator (Ainsworth et al. 2023), and
 weight matching + REPAIR (Jordan et al. 2023). The barrier is max_l [v(l) - ((1 - l) v(0) +
@@ -19,14 +20,14 @@ import time
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
+from experiments.step_chunk_flag import step_chunk
 from experiments.width_configs import config_at
 from jaxlab import data
 from jaxlab.analysis import plots
-from jaxlab.analysis.lr_sweep import scan_train, stack_batches
+from jaxlab.analysis.lr_sweep import stack_batches
 from jaxlab.analysis.seed_runs import evaluator, train_seeds
 from jaxlab.train import core, tasks
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
@@ -43,9 +44,6 @@ _METHODS = flags.DEFINE_list("methods", ["naive", "weight", "activation", "ste",
 _STE_STEPS = flags.DEFINE_integer("ste_steps", 100, "straight-through estimator steps")
 _STATS_EXAMPLES = flags.DEFINE_integer("stats_examples", 1000, "train examples for activation "
                                        "matching and REPAIR's statistics")
-_VMAP_SEEDS = flags.DEFINE_bool(
-    "vmap_seeds", True, "train a width's seeds in one vmapped program (fast for MLPs); false: one "
-    "after the other, unbatched (XLA:CPU may run a vmapped convolution as a slow grouped one)")
 _LANDSCAPE = flags.DEFINE_integer(
     "landscape_points", 0, "if > 0: a landscape_points^2 grid of the test loss around the widest "
     "width's model A along two filter-normalised random directions (Li et al. 2018), spanning "
@@ -134,14 +132,9 @@ def main(argv):
     batches = jax.tree.map(lambda *xs: np.stack(xs), *[
         stack_batches(data.make_train_iterator(c.data, batch_size=c.batch_size, seed=s, **whole),
                       _STEPS.value) for s in seeds])
+    chunk = step_chunk(model, example)
     t0 = time.perf_counter()
-    if _VMAP_SEEDS.value:
-      params = jax.block_until_ready(train_seeds(model, tx, task, seeds, batches))
-    else:
-      train_one = jax.jit(lambda seed, b: scan_train(model, tx, task, seed, b)[0])
-      runs = [jax.block_until_ready(train_one(s, jax.tree.map(lambda x, i=i: x[i], batches)))
-              for i, s in enumerate(seeds)]
-      params = jax.tree.map(lambda *xs: jnp.stack(xs), *runs)
+    params = jax.block_until_ready(train_seeds(model, tx, task, seeds, batches, chunk=chunk))
     train_s = time.perf_counter() - t0
     del batches
     models_ = [{"params": jax.tree.map(lambda x, i=i: x[i], params)} for i in seeds]
@@ -150,6 +143,7 @@ def main(argv):
     pairs = [measure_pair(methods, model, task, analysis, evaluate, models_[2 * k],
                           models_[2 * k + 1], stats_x, ste_batches) for k in range(_PAIRS.value)]
     results[width] = {"pairs": pairs, "summary": summary(pairs), "train_seconds": train_s,
+                      "step_chunk": chunk,
                       "endpoints": [evaluate(m) for m in models_],
                       "groups": dict(analysis.spec.groups)}
     print(f"width {width}: " + ", ".join(

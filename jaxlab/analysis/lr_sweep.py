@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxlab.train import core
+from jaxlab.train import core, step_loops
 from jaxlab.train.tasks import Task, as_task
 
 
@@ -41,14 +41,8 @@ def scan_train(model: nn.Module, tx: optax.GradientTransformation, task: Task, s
   quantization state (extra) is carried through the scan."""
   example = task.inputs(jax.tree.map(lambda x: x[0], train_batches))
   params, extra = core.init_params_and_extra(model, jax.random.PRNGKey(seed), example)
-
-  def step(carry, batch):
-    p, opt_state, extra = carry
-    loss, _, grads, extra = core.loss_and_grads(model, p, extra, batch, task)
-    p, opt_state, _ = core.apply_update(tx, p, opt_state, grads)
-    return (p, opt_state, extra), loss
-
-  (params, _, extra), losses = jax.lax.scan(step, (params, tx.init(params), extra), train_batches)
+  (params, _, extra), losses = step_loops.scan_steps(
+      step_loops.optimizer_step(model, tx, task), (params, tx.init(params), extra), train_batches)
   return params, extra, losses
 
 
