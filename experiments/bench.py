@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from jaxlab.configs import shakespeare_lm
+from experiments import bench_sweep
 from experiments.kernel_bench.measure import lm_flops_per_token
 from jaxlab import data, optim, quant, sharding
 from jaxlab.train import step as step_lib, tasks
@@ -57,6 +58,11 @@ _QAT = flags.DEFINE_string("qat", "int8", "quantization policy whose train step 
                            "the f32 one (jaxlab.quant.names()); empty: skip")
 _TORCH = flags.DEFINE_bool("torch_reference", True, "time the same LM in plain PyTorch "
                            "(experiments/torch_reference_lm.py) in blocks between ours")
+_SWEEP = flags.DEFINE_bool("sweep", False, "instead of the LM step: time a learning-rate sweep of "
+                           "the mnist5k MLP, jaxlab vs PyTorch (experiments/bench_sweep.py)")
+_SWEEP_WIDTHS = flags.DEFINE_list("sweep_widths", ["128", "512"], "--sweep: MLP widths")
+_SWEEP_LRS = flags.DEFINE_integer("sweep_lrs", 12, "--sweep: learning rates per width")
+_SWEEP_STEPS = flags.DEFINE_integer("sweep_steps", 300, "--sweep: AdamW steps per run")
 QAT_TARGET = 1.5  # the quantization issue's bound on QAT step time / f32 step time
 TORCH_BLOCK = 5  # our steps between PyTorch blocks (and PyTorch steps per block)
 
@@ -149,6 +155,13 @@ class _TorchReference:
 
 def main(argv):
   del argv
+  if _SWEEP.value:
+    peak, n = gemm_peak()
+    print(f"f32 GEMM peak: {peak:.1f} GFLOP/s (n={n}, {jax.device_count()} device(s), "
+          f"{jax.devices()[0].platform})")
+    bench_sweep.run(_DATA_DIR.value, [int(w) for w in _SWEEP_WIDTHS.value], _SWEEP_LRS.value,
+                    _SWEEP_STEPS.value, torch_reference=_TORCH.value)
+    return
   if _QAT.value:
     quant.get(_QAT.value)  # an unknown name fails before the slow part, listing the valid ones
   peak, n = gemm_peak()

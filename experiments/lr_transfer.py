@@ -1,6 +1,8 @@
 r"""Learning-rate transfer across width or depth: a sizes x learning-rates grid, every LR (and
 seed) of a size trained in one compiled program (jaxlab.analysis.lr_sweep: vmap over LR and
-seed; the LR axis sharded over the devices when there are several).
+seed; the LR axis sharded over the devices when there are several). On one device --schedule=auto
+(jaxlab.analysis.sweep_schedule) times the vmapped program against one LR at a time on the first
+steps and finishes the sweep the faster way.
 
   python -m experiments.lr_transfer --config=jaxlab/configs/mnist5k_mlp.py \
       --widths=128,256,512,1024 --base_width=128 --log2_lrs=-14,-3 --steps=300 --workdir=/tmp/lrt
@@ -36,7 +38,7 @@ from ml_collections import config_flags
 
 from experiments.width_configs import config_at, config_at_depth
 from jaxlab import data, param
-from jaxlab.analysis import plots
+from jaxlab.analysis import plots, sweep_schedule
 from jaxlab.analysis.lr_sweep import (lr_mesh, make_sweep, mean_over_seeds, stack_batches,
                                       to_host)
 from jaxlab.sharding import distributed
@@ -61,6 +63,11 @@ _FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "init seeds are first_seed .
 _STEPS = flags.DEFINE_integer("steps", 300, "training steps per run")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 0,
                                    "examples in the final eval batch (0 = config.eval_batch_size)")
+_SCHEDULE = flags.DEFINE_enum(
+    "schedule", "auto", list(sweep_schedule.SCHEDULES), "on one device: how a size's LRs run "
+    "(jaxlab.analysis.sweep_schedule): all vmapped in one program, one after the other, or auto "
+    "(time both on the first steps, keep the faster); with several devices the LR axis is always "
+    "vmapped and sharded over them")
 _TIME = flags.DEFINE_bool("time_sequential", True, "also time the first width's LRs one by one")
 _BASE = flags.DEFINE_integer("base_width", 128, "base width of the width-aware parametrizations")
 _ZERO_READOUT = flags.DEFINE_bool("zero_readout", False, "zero-initialised readout, for the "
@@ -121,24 +128,29 @@ def main(argv):
       c = sweep_config(config, name, width)
       model = build_model(c, spec)
       unit_tx = make_tx(c, model, param_info_of(model, example))
-      run = make_sweep(model, lambda lr, t=unit_tx: optax.chain(t, optax.scale(lr)), task,
-                       mesh=mesh)
+      tx_fn = lambda lr, t=unit_tx: optax.chain(t, optax.scale(lr))
+      run = make_sweep(model, tx_fn, task, mesh=mesh)
       t0 = time.perf_counter()
-      _, final = jax.block_until_ready(run(lrs, seeds, train, evals))
+      if mesh is None:
+        out = sweep_schedule.run_sweep(sweep_schedule.make_stepper(model, tx_fn, task), lrs,
+                                       seeds, train, evals, task, schedule=_SCHEDULE.value)
+        final, schedule = out["eval_loss"], out["schedule"]
+      else:
+        final, schedule = to_host(jax.block_until_ready(run(lrs, seeds, train, evals))[1]), "vmap"
       elapsed = time.perf_counter() - t0
-      final = to_host(final)
       mean = mean_over_seeds(final)
       results[name][width] = {"log2_lr": list(range(lo, hi + 1)), "eval_loss": final.tolist(),
                               "best_log2_lr": lo + int(np.argmin(mean)), "seconds": elapsed,
+                              "schedule": schedule,
                               "param": param.describe(model.ctx.parametrization)}
       if chief:
         print(f"{name} {axis} {width}: best log2 LR {results[name][width]['best_log2_lr']}, "
-              f"eval loss {mean.min():.4f} ({elapsed:.0f} s incl. compile)")
+              f"eval loss {mean.min():.4f} ({elapsed:.0f} s incl. compile, {schedule})")
       if _TIME.value and not timing:
         t0 = time.perf_counter()
         jax.block_until_ready(run(lrs, seeds, train, evals))
         vmapped = time.perf_counter() - t0
-        one = make_sweep(model, lambda lr, t=unit_tx: optax.chain(t, optax.scale(lr)), task)
+        one = make_sweep(model, tx_fn, task)
         jax.block_until_ready(one(lrs[:1], seeds, train, evals))  # compile the 1-LR program
         t0 = time.perf_counter()
         for i in range(len(lrs)):

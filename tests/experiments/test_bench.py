@@ -20,3 +20,15 @@ def test_bench_cli_prints_mfu_and_qat_ratio(run_python, tfds_data_dir):
   assert 0 < mfu < 100
   assert re.search(r"\(PaLM 6N \+ 12 L T d\): [\d.]+ M; XLA cost analysis: [\d.]+ M", out)
   assert "policy 'int8'" in out and "PyTorch" not in out
+
+
+def test_bench_sweep_prints_the_schedule_and_both_jaxlab_times(run_python, tfds_data_dir):
+  done = run_python("-m", "experiments.bench", f"--data_dir={tfds_data_dir}", "--sweep",
+                    "--sweep_widths=16", "--sweep_lrs=3", "--sweep_steps=80",
+                    "--notorch_reference")
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = done.stdout
+  assert re.search(r"\(a\) jaxlab sweep, schedule (vmap|loop) \(probe, ms per LR-step: "
+                   r"vmap [\d.]+, loop [\d.]+\): [\d.]+ s", out), out
+  assert re.search(r"\(b\) jaxlab one by one: [\d.]+ s   \(a\)/\(b\) speed-up [\d.]+x", out), out
+  assert "PyTorch: skipped" in out

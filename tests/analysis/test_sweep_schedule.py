@@ -1,0 +1,45 @@
+"""run_sweep computes the runs lr_sweep.make_sweep computes, whichever schedule it takes."""
+
+import numpy as np
+import optax
+import pytest
+
+from jaxlab import models
+from jaxlab.analysis import make_sweep
+from jaxlab.analysis.sweep_schedule import make_stepper, run_sweep
+from jaxlab.train import tasks
+
+
+@pytest.fixture(scope="module")
+def setup():
+  rng = np.random.default_rng(0)
+  train = {"image": rng.normal(size=(23, 16, 12)).astype(np.float32),  # T=23: calls 5,5,5,5,3
+           "label": rng.integers(0, 4, size=(23, 16)).astype(np.int32)}
+  evals = {"image": rng.normal(size=(32, 12)).astype(np.float32),
+           "label": rng.integers(0, 4, size=(32,)).astype(np.int32)}
+  model = models.MLP(hidden_widths=(16,), num_classes=4)
+  lrs, seeds = [1e-3, 1e-2, 1e-1], [0, 1]
+  ref = make_sweep(model, optax.adam, tasks.CLASSIFICATION)(
+      np.float32(lrs), np.uint32(seeds), train, evals)
+  return model, lrs, seeds, train, evals, ref
+
+
+@pytest.mark.parametrize("schedule", ["vmap", "loop", "auto"])
+def test_every_schedule_matches_one_scanned_program(setup, schedule):
+  model, lrs, seeds, train, evals, (ref_train, ref_eval) = setup
+  out = run_sweep(make_stepper(model, optax.adam, tasks.CLASSIFICATION), lrs, seeds, train,
+                  evals, tasks.CLASSIFICATION, schedule=schedule, steps_per_call=5)
+  assert out["train_loss"].shape == (3, 2, 23)
+  np.testing.assert_allclose(out["train_loss"], ref_train, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out["eval_loss"], ref_eval, rtol=1e-4, atol=1e-5)
+  if schedule == "auto":
+    assert out["schedule"] in ("vmap", "loop") and set(out["probe"]) == {"vmap", "loop"}
+  else:
+    assert out["schedule"] == schedule
+
+
+def test_unknown_schedule_is_named(setup):
+  model, lrs, seeds, train, evals, _ = setup
+  with pytest.raises(ValueError, match="schedule='chunks'.*auto, vmap, loop"):
+    run_sweep(make_stepper(model, optax.adam, tasks.CLASSIFICATION), lrs, seeds, train, evals,
+              tasks.CLASSIFICATION, schedule="chunks")
