@@ -4,6 +4,7 @@ of a quantization-aware (QAT) train step of the same LM, in one run.
   python -m experiments.bench                       # 4 layers, d=256, seq 256, batch 16
   python -m experiments.bench --num_layers=8 --d_model=512
   python -m experiments.bench --qat=w4a8            # another policy; --qat= skips it
+  python -m experiments.bench --breakdown --qat=    # + time per op category, ours vs PyTorch
 
 MFU = model FLOPs per second / measured GEMM peak. Model FLOPs per token follow PaLM
 (Chowdhery et al. 2022, App. B): 6 N + 12 n_layers seq d_model (forward+backward, attention
@@ -63,6 +64,9 @@ _SWEEP = flags.DEFINE_bool("sweep", False, "instead of the LM step: time a learn
 _SWEEP_WIDTHS = flags.DEFINE_list("sweep_widths", ["128", "512"], "--sweep: MLP widths")
 _SWEEP_LRS = flags.DEFINE_integer("sweep_lrs", 12, "--sweep: learning rates per width")
 _SWEEP_STEPS = flags.DEFINE_integer("sweep_steps", 300, "--sweep: AdamW steps per run")
+_BREAKDOWN = flags.DEFINE_bool("breakdown", False, "profile a few train steps, ours and (with "
+                               "--torch_reference) PyTorch's, and print the time per op category "
+                               "side by side (experiments/bench_breakdown.py)")
 QAT_TARGET = 1.5  # the quantization issue's bound on QAT step time / f32 step time
 TORCH_BLOCK = 5  # our steps between PyTorch blocks (and PyTorch steps per block)
 
@@ -228,6 +232,19 @@ def main(argv):
           f"{ref_time * 1e3:.1f} ms/step, {tokens / ref_time:,.0f} tokens/s, MFU "
           f"{100 * flops_tok * tokens / ref_time / 1e9 / peak:.1f}%")
     print(f"  jaxlab / PyTorch tokens/s: {ref_time / step_time:.2f}x")
+  if _BREAKDOWN.value:  # after all timing: profiling slows the steps it records
+    from experiments import bench_breakdown  # pylint: disable=g-import-not-at-top
+    hlo = step_lib.train_step.lower(f32.state, batches[0], **f32.kw).compile().as_text()
+    ours = bench_breakdown.jax_op_times(lambda: f32.step(batches[0], timed=False), hlo)
+    theirs, name = None, "ours only"
+    if ref is not None:  # a fresh worker, alone (see _TorchReference)
+      ref = _TorchReference(batches, config, spec.vocab_size)
+      theirs, version = bench_breakdown.torch_op_times(ref.args, os.path.dirname(
+          os.path.dirname(os.path.abspath(__file__))))
+      shutil.rmtree(ref.dir)
+      name = f"ours and PyTorch {version} eager"
+    print(f"Time per op category, profiled train steps ({name}):")
+    print(bench_breakdown.format_table(ours, theirs))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,16 @@ scaled_dot_product_attention, default intra-op threads.
 
 A worker: experiments.bench starts it with the batches in an .npz (inputs, targets [N, B, L]) and
 then, for each line "n" on stdin, it runs n train steps and answers one JSON line
-{"torch": version, "times": [s, ...], "losses": [...]} on stdout; EOF ends it.
+{"torch": version, "times": [s, ...], "losses": [...]} on stdout; EOF ends it. A line
+"profile n" runs n steps under torch.profiler and adds "profile": {"scope/aten::op": self CPU
+seconds per step}, the scope being the innermost record_function ('rope', 'loss', 'optimizer')
+or autograd node ('MmBackward0', ...) around the op, empty if none (experiments.bench_breakdown).
 `load_jaxlab_params` copies a jaxlab TransformerLM's params in, so the two can be checked to
 compute the same logits.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -36,8 +40,9 @@ def rope_tables(seq_len: int, head_dim: int, base: float = 10000.0):
 
 def rotate(x, cos, sin):
   """RoPE (Su et al. 2021) on [B, H, L, Dh]: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
-  x1, x2 = x.chunk(2, dim=-1)
-  return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+  with torch.profiler.record_function("rope"):
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class Block(nn.Module):
@@ -107,15 +112,33 @@ def make_step(model: TorchLM, learning_rate: float, b1: float, b2: float, eps: f
 
   def step(inputs, targets) -> float:
     logits = model(inputs)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    with torch.profiler.record_function("loss"):
+      loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip > 0:
-      torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
+    with torch.profiler.record_function("optimizer"):
+      if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+      opt.step()
     return loss.item()
 
   return step
+
+
+def scoped_self_times(events, steps: int) -> dict[str, float]:
+  """Implements {"scope/op": self CPU seconds per step} over torch.profiler FunctionEvents."""
+  out = {}
+  for ev in events:
+    scope, p = "", ev.cpu_parent
+    while p is not None and not scope:
+      if p.name in ("rope", "loss", "optimizer"):
+        scope = p.name
+      elif p.name.startswith("autograd::engine::evaluate_function: "):
+        scope = p.name.split(": ", 1)[1]
+      p = p.cpu_parent
+    key = f"{scope}/{ev.name}"
+    out[key] = out.get(key, 0.0) + ev.self_cpu_time_total / 1e6 / steps
+  return out
 
 
 def main() -> None:
@@ -136,13 +159,19 @@ def main() -> None:
   step, i = make_step(model, args.learning_rate, args.b1, args.b2, args.eps, args.weight_decay,
                       args.grad_clip), 0
   for line in sys.stdin:
-    times, losses = [], []
-    for _ in range(int(line)):
-      t = time.perf_counter()
-      losses.append(step(inputs[i % len(inputs)], targets[i % len(inputs)]))
-      times.append(time.perf_counter() - t)
-      i += 1
-    print(json.dumps({"torch": torch.__version__, "times": times, "losses": losses}), flush=True)
+    times, losses, words = [], [], line.split()
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) \
+        if words[0] == "profile" else None
+    with prof or contextlib.nullcontext():
+      for _ in range(int(words[-1])):
+        t = time.perf_counter()
+        losses.append(step(inputs[i % len(inputs)], targets[i % len(inputs)]))
+        times.append(time.perf_counter() - t)
+        i += 1
+    out = {"torch": torch.__version__, "times": times, "losses": losses}
+    if prof:
+      out["profile"] = scoped_self_times(prof.events(), len(times))
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":
