@@ -5,6 +5,7 @@ of a quantization-aware (QAT) train step of the same LM, in one run.
   python -m experiments.bench --num_layers=8 --d_model=512
   python -m experiments.bench --qat=w4a8            # another policy; --qat= skips it
   python -m experiments.bench --breakdown --qat=    # + time per op category, ours vs PyTorch
+  python -m experiments.bench --sweep               # a 12-LR sweep, jaxlab vs PyTorch (no LM)
 
 MFU = model FLOPs per second / measured GEMM peak. Model FLOPs per token follow PaLM
 (Chowdhery et al. 2022, App. B): 6 N + 12 n_layers seq d_model (forward+backward, attention
@@ -91,6 +92,14 @@ def gemm_peak(sizes=(512, 1024, 2048), repeats=5) -> tuple[float, int]:
   return best
 
 
+def print_gemm_peak() -> float:
+  """Measures, prints and returns the f32 GEMM peak in GFLOP/s."""
+  peak, n = gemm_peak()
+  print(f"f32 GEMM peak: {peak:.1f} GFLOP/s (n={n}, {jax.device_count()} device(s), "
+        f"{jax.devices()[0].platform})")
+  return peak
+
+
 class _Runner:
   """One LM train step (model, optimizer, state) that times itself; the state is donated."""
 
@@ -160,17 +169,13 @@ class _TorchReference:
 def main(argv):
   del argv
   if _SWEEP.value:
-    peak, n = gemm_peak()
-    print(f"f32 GEMM peak: {peak:.1f} GFLOP/s (n={n}, {jax.device_count()} device(s), "
-          f"{jax.devices()[0].platform})")
+    print_gemm_peak()
     bench_sweep.run(_DATA_DIR.value, [int(w) for w in _SWEEP_WIDTHS.value], _SWEEP_LRS.value,
                     _SWEEP_STEPS.value, torch_reference=_TORCH.value)
     return
   if _QAT.value:
     quant.get(_QAT.value)  # an unknown name fails before the slow part, listing the valid ones
-  peak, n = gemm_peak()
-  print(f"f32 GEMM peak: {peak:.1f} GFLOP/s (n={n}, {jax.device_count()} device(s), "
-        f"{jax.devices()[0].platform})")
+  peak = print_gemm_peak()
 
   config = shakespeare_lm.get_config()
   config.data.data_dir = _DATA_DIR.value

@@ -263,7 +263,10 @@ def format_table(ours: Breakdown, ref: Breakdown | None = None, ref_name: str = 
              f"thread waited {wait * 1e3:.1f} ms/step for the step; "
              f"{ours.seconds.get(UNATTRIBUTED, 0) * 1e3:.1f} ms/step in thunks not in the HLO")
   out.append("  (ms per step. Op times are summed over threads: XLA runs independent thunks on "
-             "its 2 Eigen threads at once, so ours can exceed the wall time; PyTorch's intra-op "
+             "its Eigen threads at once, so ours can exceed the wall time; PyTorch's intra-op "
              "threads are inside each op's time. PyTorch's fused SDPA includes its softmax: "
-             "compare attention + softmax together.)")
+             "compare attention + softmax together. Wall time beyond our op sum is time with "
+             "no thunk on any thread; the largest such gaps follow the `dot` thunks XLA:CPU runs "
+             "on Eigen, which seem to return before Eigen's threads finish: see "
+             "docs/results/cpu_speed.md.)")
   return "\n".join(out)

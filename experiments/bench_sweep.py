@@ -1,8 +1,8 @@
 r"""`experiments.bench --sweep`: K learning rates of the mnist5k MLP trained four ways, timed in
 one run, and the ratios printed.
 
-  (a) jaxlab's sweep: sweep_schedule.run_sweep, which times its first steps vmapped and one LR
-      alone and runs the rest the faster way (probe included in its time);
+  (a) jaxlab's sweep: sweep_schedule.run_sweep, which runs LR 0 alone, then the rest one by one
+      or vmapped, whichever it predicts to be faster;
   (b) jaxlab one by one: lr_sweep.make_sweep's program for one LR, called K times;
   (c) eager PyTorch one by one (experiments/torch_reference_mlp.py, a subprocess);
   (d) PyTorch torch.func.vmap + functional_call over the K models, same subprocess script.
@@ -45,13 +45,14 @@ def mnist_batches(data_dir: str, steps: int, batch_size: int = 128) -> tuple[dic
 
 
 def time_jaxlab(width: int, lrs: list[float], train: dict, eval_batch: dict) -> dict:
-  """Seconds of (a) sweep_schedule.run_sweep (auto: its probe included) and (b) lr_sweep's
+  """Seconds of (a) sweep_schedule.run_sweep (auto: it picks the schedule) and (b) lr_sweep's
   one-LR program called once per LR."""
   model = models.MLP(hidden_widths=(width, width), num_classes=10)
   tx_fn = lambda lr: optax.adamw(lr, weight_decay=WEIGHT_DECAY)
+  sweep_schedule.matmul_peak_flops()  # measured once per process, before either is timed
   t = time.perf_counter()
-  picked = sweep_schedule.run_sweep(sweep_schedule.make_stepper(model, tx_fn, tasks.CLASSIFICATION),
-                                    lrs, [0], train, eval_batch, tasks.CLASSIFICATION)
+  picked = sweep_schedule.run_sweep(model, tx_fn, tasks.CLASSIFICATION, lrs, [0], train,
+                                    eval_batch)
   picked_s = time.perf_counter() - t
   one = make_sweep(model, tx_fn, tasks.CLASSIFICATION)
   t = time.perf_counter()
@@ -61,7 +62,7 @@ def time_jaxlab(width: int, lrs: list[float], train: dict, eval_batch: dict) -> 
   # The same runs: equal over the first steps (later, the large LRs' chaotic runs amplify the
   # last-bit differences between programs).
   np.testing.assert_allclose(picked["train_loss"][..., :10], single[..., :10], rtol=1e-4)
-  return {"schedule": picked["schedule"], "probe": picked["probe"], "picked_s": picked_s,
+  return {"schedule": picked["schedule"], "estimate": picked["estimate"], "picked_s": picked_s,
           "one_by_one_s": single_s, "final_train_loss": picked["train_loss"][:, 0, -1].tolist()}
 
 
@@ -99,9 +100,9 @@ def run(data_dir: str, widths: list[int], num_lrs: int, steps: int,
     row = {"width": width, "num_lrs": num_lrs, "steps": steps, "jaxlab": ours, "torch": theirs}
     rows.append(row)
     print(f"sweep of {num_lrs} LRs x {steps} AdamW steps, mnist5k MLP 2 x {width}:")
-    probe = ", ".join(f"{k} {s * 1e3:.2f}" for k, s in ours["probe"].items())
-    print(f"  (a) jaxlab sweep, schedule {ours['schedule']} (probe, ms per LR-step: {probe}): "
-          f"{ours['picked_s']:.2f} s")
+    estimate = ", ".join(f"{k} {s:.2f} s" for k, s in ours["estimate"].items())
+    print(f"  (a) jaxlab sweep, schedule {ours['schedule']} (after LR 0, predicted for the rest: "
+          f"{estimate}): {ours['picked_s']:.2f} s")
     print(f"  (b) jaxlab one by one: {ours['one_by_one_s']:.2f} s   (a)/(b) speed-up "
           f"{ours['one_by_one_s'] / ours['picked_s']:.2f}x")
     if theirs is None:

@@ -1,18 +1,23 @@
-"""A learning-rate sweep that picks how to run its K runs: all K vmapped in one program, or one
-after the other, by timing both on the sweep's own first steps.
+"""A learning-rate sweep that picks how to run its K runs: all vmapped in one program, or one
+after the other.
 
-Vmapping turns each matmul into a batched matmul. On XLA:CPU a batched matmul runs well below
-the speed of the same FLOPs as separate GEMMs once the matrices are large (the 2-layer MLP at
-width 512: the vmapped sweep of 12 LRs was 0.89x of running them one by one, Intel Xeon,
-2026-12), while at small widths vmapping wins by amortising the per-step overhead. So the runs
-advance `steps_per_call` steps per jitted call; with schedule='auto' the second call of the
-vmapped program and two calls of the one-LR program (on a copy of LR 0's state) are timed, and
-the rest of the sweep continues from the vmapped state with whichever is faster per LR-step.
-No step is recomputed except the one-LR probe's.
+Vmapping turns each matmul into a batched matmul. On XLA:CPU that pays where a step is mostly
+per-op overhead (small widths) and loses once the matmuls are large (the 2-layer mnist5k MLP
+at width 512: 4.03 ms per LR-step vmapped vs 3.76 one at a time; docs/results/cpu_speed.md).
+Compilation counts too: a short sweep of small models spends as long compiling as training,
+and the K-LR program compiles ~1.6x slower than the one-LR program.
+
+schedule='auto' therefore first runs LR 0 alone with the one-LR program (init, scan, eval
+fused; real work, nothing is thrown away) and times its compilation and its run. The other
+K - 1 then run one after the other with that same program, unless vmapping them is predicted
+to be faster: at best their FLOPs (XLA's cost analysis of the one-LR program) at this
+machine's measured matmul peak, plus compiling the vmapped program (COMPILE_RATIO x the
+one-LR program's compile time).
 """
 
+import functools
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -20,94 +25,59 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab.train import core, step_loops
-from jaxlab.train.tasks import Task, as_task
+from jaxlab.analysis.lr_sweep import make_sweep
+from jaxlab.train.tasks import Task
 
 SCHEDULES = ("auto", "vmap", "loop")
+COMPILE_RATIO = 1.6  # compile time of the 12-LR / the 1-LR mnist5k MLP program, measured 2.4 / 1.5 s
 
 
-class Stepper(NamedTuple):
-  """Jitted pieces of K x S runs (state: params, optimizer state, extra; leading axes [K, S])."""
-  init: Callable[[jax.Array, jax.Array, jax.Array], Any]  # (lrs, seeds, example) -> state
-  advance: Callable[[jax.Array, Any, dict], tuple[Any, jax.Array]]  # -> state, losses [K, S, U]
-  finish: Callable[[Any, dict], jax.Array]  # (state, eval_batch) -> eval loss [K, S]
+@functools.lru_cache(maxsize=None)
+def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
+  """FLOP/s of the default device's best n x n f32 matmul out of `repeats` (measured once per
+  process)."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  f(a, a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n**3 / best
 
 
-def make_stepper(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransformation],
-                 task: Task | str) -> Stepper:
-  """The runs of lr_sweep.make_sweep split into init / advance U steps / final eval."""
-  task = as_task(task)
-
-  def init_one(lr, seed, example):
-    params, extra = core.init_params_and_extra(model, jax.random.PRNGKey(seed), example)
-    return params, tx_fn(lr).init(params), extra
-
-  def advance_one(lr, state, batches):
-    return step_loops.scan_steps(step_loops.optimizer_step(model, tx_fn(lr), task), state,
-                                 batches)
-
-  def finish_one(state, eval_batch):
-    params, _, extra = state
-    return core.loss_and_metrics(model, params, extra, eval_batch, task)[0]
-
-  return Stepper(
-      init=jax.jit(jax.vmap(jax.vmap(init_one, in_axes=(None, 0, None)), in_axes=(0, None, None))),
-      advance=jax.jit(jax.vmap(jax.vmap(advance_one, in_axes=(None, 0, None)),
-                               in_axes=(0, 0, None)), donate_argnums=1),
-      finish=jax.jit(jax.vmap(jax.vmap(finish_one, in_axes=(0, None)), in_axes=(0, None))))
-
-
-def run_sweep(stepper: Stepper, lrs: Sequence[float], seeds: Sequence[int], train_batches: dict,
-              eval_batch: dict, task: Task | str, schedule: str = "auto",
-              steps_per_call: int = 25) -> dict:
-  """{'train_loss' [K, S, T], 'eval_loss' [K, S], 'schedule' (the one used), 'probe' (auto:
-  seconds per LR-step of each)}."""
+def run_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransformation],
+              task: Task | str, lrs: Sequence[float], seeds: Sequence[int], train_batches: dict,
+              eval_batch: dict, schedule: str = "auto") -> dict:
+  """{'train_loss' [K, S, T], 'eval_loss' [K, S], 'schedule' (the one used), 'estimate' (auto:
+  the predicted seconds of the rest of the sweep each way)}; every run is lr_sweep.make_sweep's."""
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule={schedule!r}: valid: {', '.join(SCHEDULES)}")
-  lrs = jnp.asarray(lrs, jnp.float32)
-  steps = len(jax.tree.leaves(train_batches)[0])
-  calls = [jax.tree.map(lambda x, s=s: x[s:s + steps_per_call], train_batches)
-           for s in range(0, steps, steps_per_call)]
-  example = as_task(task).inputs(jax.tree.map(lambda x: x[0], train_batches))
-  state = stepper.init(lrs, jnp.asarray(seeds, jnp.uint32), example)
-  losses, probe, done = [], {}, 0
-  if schedule in ("auto", "vmap"):
-    first = 2 if schedule == "auto" and len(calls) >= 3 else len(calls)
-    for i in range(first):
-      t = time.perf_counter()
-      state, loss = stepper.advance(lrs, state, calls[i])
-      losses.append(jax.block_until_ready(loss))
-      probe["vmap"] = (time.perf_counter() - t) / (len(lrs) * steps_per_call)
-    done = first
-    if done < len(calls):
-      probe["loop"] = _time_one_lr(stepper, lrs, state, calls[done])
-      schedule = "vmap" if probe["vmap"] <= probe["loop"] else "loop"
+  lrs = np.asarray(lrs, np.float32)
+  seeds = np.asarray(seeds, np.uint32)
+  sweep = make_sweep(model, tx_fn, task)
   if schedule == "vmap":
-    for batches in calls[done:]:
-      state, loss = stepper.advance(lrs, state, batches)
-      losses.append(loss)
-  else:
-    lanes = []
-    for k in range(len(lrs)):
-      lane = jax.tree.map(lambda x, k=k: x[k:k + 1], state)
-      lane_losses = []
-      for batches in calls[done:]:
-        lane, loss = stepper.advance(lrs[k:k + 1], lane, batches)
-        lane_losses.append(loss)
-      lanes.append((lane, lane_losses))
-    state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[lane for lane, _ in lanes])
-    if done < len(calls):
-      losses.append(jnp.concatenate([jnp.concatenate(l, axis=2) for _, l in lanes]))
-  return {"train_loss": np.asarray(jnp.concatenate(losses, axis=2)),
-          "eval_loss": np.asarray(stepper.finish(state, eval_batch)),
-          "schedule": schedule, "probe": probe}
-
-
-def _time_one_lr(stepper: Stepper, lrs: jax.Array, state: Any, batches: dict) -> float:
-  """Seconds per step of the one-LR program (second call; on a copy of LR 0's state)."""
-  lane = jax.tree.map(lambda x: jnp.array(x[:1]), state)
-  for _ in range(2):
-    t = time.perf_counter()
-    lane, loss = stepper.advance(lrs[:1], lane, batches)
-    jax.block_until_ready(loss)
-  return (time.perf_counter() - t) / len(jax.tree.leaves(batches)[0])
+    train, final = sweep(lrs, seeds, train_batches, eval_batch)
+    return {"train_loss": np.asarray(train), "eval_loss": np.asarray(final), "schedule": "vmap",
+            "estimate": {}}
+  t = time.perf_counter()
+  one = sweep.lower(lrs[:1], seeds, train_batches, eval_batch).compile()
+  compile_s = time.perf_counter() - t
+  t = time.perf_counter()
+  parts = [jax.block_until_ready(one(lrs[:1], seeds, train_batches, eval_batch))]
+  run_s = time.perf_counter() - t
+  rest, estimate = len(lrs) - 1, {}
+  if schedule == "auto" and rest > 1:
+    flops = (one.cost_analysis() or {}).get("flops", 0.0)
+    estimate = {"loop": rest * run_s,
+                "vmap": rest * flops / matmul_peak_flops() + COMPILE_RATIO * compile_s}
+    if estimate["vmap"] < estimate["loop"]:
+      schedule = "vmap"
+      parts.append(sweep(lrs[1:], seeds, train_batches, eval_batch))
+  if schedule != "vmap":
+    schedule = "loop"
+    parts += [one(lrs[k:k + 1], seeds, train_batches, eval_batch) for k in range(1, len(lrs))]
+  return {"train_loss": np.concatenate([np.asarray(p[0]) for p in parts]),
+          "eval_loss": np.concatenate([np.asarray(p[1]) for p in parts]),
+          "schedule": schedule, "estimate": estimate}

@@ -28,7 +28,7 @@ def test_bench_sweep_prints_the_schedule_and_both_jaxlab_times(run_python, tfds_
                     "--notorch_reference")
   assert done.returncode == 0, done.stderr[-3000:]
   out = done.stdout
-  assert re.search(r"\(a\) jaxlab sweep, schedule (vmap|loop) \(probe, ms per LR-step: "
-                   r"vmap [\d.]+, loop [\d.]+\): [\d.]+ s", out), out
+  assert re.search(r"\(a\) jaxlab sweep, schedule (vmap|loop) \(after LR 0, predicted for the "
+                   r"rest: loop [\d.]+ s, vmap [\d.]+ s\): [\d.]+ s", out), out
   assert re.search(r"\(b\) jaxlab one by one: [\d.]+ s   \(a\)/\(b\) speed-up [\d.]+x", out), out
   assert "PyTorch: skipped" in out
