@@ -1,8 +1,9 @@
 """Optimizer and learning-rate schedule from a config (optax).
 
-config.optim keys: name (adamw | adam | adam_atan2 | sgd | lion), learning_rate, schedule (constant | cosine |
-linear), warmup_steps, min_lr_ratio (cosine/linear floor as a fraction of the peak), weight_decay,
-b1, b2, eps, momentum (sgd), grad_clip (global-norm clip; 0 disables).
+config.optim keys: name (adamw | adam | adam_atan2 | sgd | lion, or any jaxlab.optim.zoo name),
+learning_rate, schedule (constant | cosine | linear), warmup_steps, min_lr_ratio (cosine/linear
+floor as a fraction of the peak), weight_decay, b1, b2, eps, momentum (sgd), grad_clip (global-norm
+clip; 0 disables). A zoo optimizer takes every config key named in its `defaults`.
 """
 
 import math
@@ -11,10 +12,12 @@ from typing import Any
 import optax
 
 from jaxlab.errors import UserError
+from jaxlab.optim import zoo
 from jaxlab.optim.adam_atan2 import adam_atan2
 from jaxlab.optim.parametrization import add_scaled_decayed_weights
 
-OPTIMIZERS = ("adamw", "adam", "adam_atan2", "sgd", "lion")
+BUILTIN = ("adamw", "adam", "adam_atan2", "sgd", "lion")
+OPTIMIZERS = BUILTIN + tuple(n for n in zoo.OPTIMIZERS if n not in BUILTIN)
 SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -50,7 +53,8 @@ def make_optimizer(cfg: Any, num_steps: int, before: optax.GradientTransformatio
   clipped gradients (e.g. jaxlab.optim.scale_adam_eps_by_parametrization). `decay`: optional
   tree of per-parameter factors of the weight decay (jaxlab.optim.decay_coefficients); the
   decoupled optimizers (adamw, adam_atan2, lion) then decay each parameter by
-  lr * weight_decay * factor, the same chain as optax's otherwise."""
+  lr * weight_decay * factor, the same chain as optax's otherwise. Other zoo optimizers:
+  zoo.get(name).make(schedule, **config keys in its defaults); they take no `decay` factors."""
   lr = make_schedule(cfg, num_steps)
   wd = float(cfg.get("weight_decay", 0.0))
   scaled = decay is not None and wd != 0.0
@@ -71,6 +75,12 @@ def make_optimizer(cfg: Any, num_steps: int, before: optax.GradientTransformatio
                       add_scaled_decayed_weights(wd, decay), optax.scale_by_learning_rate(lr))
   elif cfg.name == "lion":
     opt = optax.lion(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+  elif cfg.name in zoo.OPTIMIZERS:
+    if scaled:
+      raise UserError(f"config.optim.name={cfg.name!r} takes no per-parameter weight-decay factors "
+                      "(a parametrization's decay rule); those work with adamw, adam_atan2, lion")
+    algo = zoo.get(cfg.name)
+    opt = algo.make(lr, **{k: cfg[k] for k in algo.defaults if k in cfg})
   else:
     raise UserError(f"config.optim.name={cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
   parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.get("grad_clip", 0.0) else []
