@@ -14,16 +14,39 @@ from jaxlab.errors import UserError
 from jaxlab.param.base import Parametrization
 from jaxlab.param.meta import ParamInfo
 
-FAMILIES = {"adamw": "adam", "adam": "adam", "adam_atan2": "adam", "lion": "adam", "sgd": "sgd"}
+FAMILIES = {"adamw": "adam", "adam": "adam", "adam_atan2": "adam", "lion": "adam", "sgd": "sgd",
+            "nadamw": "adam", "schedule_free_adamw": "adam", "sgd_nesterov": "sgd",
+            # jaxlab.optim.zoo entries whose per-parameter LR under muP-like rules is not the Adam
+            # or SGD one (layer-wise trust ratios, matrix preconditioners, relative steps):
+            "lamb": "none", "lars": "none", "muon": "none", "shampoo": "none", "soap": "none",
+            "adafactor": "none"}
 WITH_EPSILON = ("adamw", "adam")  # optimizers whose update has an epsilon to rescale
 
 
 def optimizer_family(name: str) -> str:
-  """'adam' for sign/scale-invariant updates (Adam, AdamW, Adam-atan2, Lion), 'sgd' for SGD."""
+  """'adam' for sign/scale-invariant updates (Adam, AdamW, NAdamW, Adam-atan2, Lion,
+  schedule-free AdamW), 'sgd' for SGD (with or without Nesterov), 'none' for optimizers no
+  parametrization here has a learning-rate rule for (only SP, whose scales are all 1, takes
+  them: `check_family`)."""
   if name not in FAMILIES:
     raise UserError(f"config.optim.name={name!r}: no parametrization LR rule for this optimizer; "
                     f"valid: {', '.join(sorted(FAMILIES))}")
   return FAMILIES[name]
+
+
+def check_family(name: str, p: Parametrization, info: Any) -> str:
+  """optimizer_family(name), as the family to scale by; a 'none' optimizer only with a
+  parametrization whose learning-rate and weight-decay scales are all 1 (SP)."""
+  family = optimizer_family(name)
+  if family != "none":
+    return family
+  if any(s != 1.0 for s in jax.tree.leaves(lr_scales(p, info, "adam"))) or (
+      decay_coefficients(p, info, "adam") is not None):
+    raise UserError(f"config.optim.name={name!r} has no per-parameter learning-rate rule under "
+                    f"this parametrization ({type(p).__name__}); use config.param.name='sp', or "
+                    f"an optimizer of the adam or sgd family: "
+                    f"{', '.join(sorted(n for n, f in FAMILIES.items() if f != 'none'))}")
+  return "adam"  # every scale is 1: the family only names the rule
 
 
 def _per_param(fn, info: Any) -> Any:

@@ -53,8 +53,8 @@ def make_tx(config: "ml_collections.ConfigDict", model: nn.Module,
   """config.optim's optimizer followed by the model's parametrization's per-parameter LR scales
   (and, for Adam, its per-parameter epsilon scales; with weight decay, its per-parameter decay
   scales)."""
-  family = optim.optimizer_family(config.optim.name)
   p = model.ctx.parametrization
+  family = optim.check_family(config.optim.name, p, info)
   eps = (optim.scale_adam_eps_by_parametrization(p, info)
          if config.optim.name in optim.WITH_EPSILON else None)
   decay = optim.decay_coefficients(p, info, family)

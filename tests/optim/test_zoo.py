@@ -13,8 +13,12 @@ import optax
 import pytest
 from optax import contrib
 
+from jaxlab.configs import mnist5k_mlp
+from jaxlab.data.pipeline import DataSpec
 from jaxlab.errors import UserError
 from jaxlab.optim import make_optimizer, zoo
+from jaxlab.train import core
+from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 from jaxlab.optim.adam_atan2 import adam_atan2
 
 LR = 0.1
@@ -192,3 +196,23 @@ def test_make_optimizer_builds_a_zoo_optimizer_from_the_config():
     make_optimizer(optim_cfg(name="adamx"), 10)
   with pytest.raises(UserError, match="per-parameter weight-decay factors"):
     make_optimizer(optim_cfg(), 10, decay={"w": 2.0, "b": 1.0})
+
+
+def test_make_tx_takes_a_zoo_optimizer_without_an_lr_rule_only_under_sp():
+  c = mnist5k_mlp.get_config()
+  c.model.hidden_widths = (32, 32)
+  c.optim.name = "lamb"
+  spec = DataSpec(task="classification", input_shape=(28, 28, 1), num_classes=10)
+  example = dummy_input(spec)
+
+  def tx_for(param_name):
+    c.param.update(name=param_name, base_width=16 if param_name == "mup" else 0)
+    model = build_model(c, spec)
+    return make_tx(c, model, param_info_of(model, example)), model
+
+  tx, model = tx_for("sp")
+  params = core.init_params_and_extra(model, jax.random.PRNGKey(0), example)[0]
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  assert all(np.isfinite(np.asarray(u)).all() for u in jax.tree.leaves(updates))
+  with pytest.raises(UserError, match="'lamb' has no per-parameter learning-rate rule.*'sp'"):
+    tx_for("mup")
