@@ -216,3 +216,27 @@ def test_make_tx_takes_a_zoo_optimizer_without_an_lr_rule_only_under_sp():
   assert all(np.isfinite(np.asarray(u)).all() for u in jax.tree.leaves(updates))
   with pytest.raises(UserError, match="'lamb' has no per-parameter learning-rate rule.*'sp'"):
     tx_for("mup")
+
+
+@pytest.mark.parametrize("name", ["shampoo", "soap"])
+def test_preconditioned_entries_pass_their_hyperparameters_through(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  direct = getattr(importlib.import_module(f"jaxlab.optim.{name}"), name)
+  hp = {"b1": 0.8, "b2": 0.9, "block_size": 2, "precondition_every": 2, "weight_decay": 0.1}
+  params = {"w": jnp.arange(1.0, 25.0).reshape(6, 4) / 10, "b": jnp.ones(4)}
+  outs = []
+  for tx in (zoo.get(name).make(1e-2, **hp), direct(1e-2, **hp)):
+    p, state = params, tx.init(params)
+    for t in range(4):
+      g = jax.tree.map(lambda x, t=t: jnp.sin(x * (t + 1)), p)
+      u, state = tx.update(g, state, p)
+      p = optax.apply_updates(p, u)
+    outs.append(p)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), *outs)
+  default = zoo.get(name).make(1e-2)  # a different block size / interval gives other params
+  p, state = params, default.init(params)
+  for t in range(4):
+    g = jax.tree.map(lambda x, t=t: jnp.sin(x * (t + 1)), p)
+    u, state = default.update(g, state, p)
+    p = optax.apply_updates(p, u)
+  assert not np.allclose(np.asarray(p["w"]), np.asarray(outs[0]["w"]))
