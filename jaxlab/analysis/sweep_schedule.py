@@ -10,9 +10,10 @@ and the K-LR program compiles ~1.6x slower than the one-LR program.
 schedule='auto' therefore first runs LR 0 alone with the one-LR program (init, scan, eval
 fused; real work, nothing is thrown away) and times its compilation and its run. The other
 K - 1 then run one after the other with that same program, unless vmapping them is predicted
-to be faster: at best their FLOPs (XLA's cost analysis of the one-LR program) at this
-machine's measured matmul peak, plus compiling the vmapped program (COMPILE_RATIO x the
-one-LR program's compile time).
+to be faster. The prediction splits the measured one-LR run into its FLOPs at
+MATMUL_EFFICIENCY x this machine's measured matmul peak (XLA's cost analysis of one optimizer
+step, times the steps and seeds) and the rest, a per-step overhead that vmapping pays once for
+all K; plus compiling the vmapped program (COMPILE_RATIO x the one-LR program's compile time).
 """
 
 import functools
@@ -26,10 +27,16 @@ import numpy as np
 import optax
 
 from jaxlab.analysis.lr_sweep import make_sweep
-from jaxlab.train.tasks import Task
+from jaxlab.train import core, step_loops
+from jaxlab.train.tasks import Task, as_task
 
 SCHEDULES = ("auto", "vmap", "loop")
 COMPILE_RATIO = 1.6  # compile time of the 12-LR / the 1-LR mnist5k MLP program, measured 2.4 / 1.5 s
+# Fraction of the matmul peak that training programs with large matmuls reach, in XLA-counted
+# FLOPs: the mnist5k MLP at width 512 ran at 0.51 (12 LRs vmapped) and 0.55 (one LR) of the
+# bench's GEMM peak (2-core AMD EPYC, 2026-12-06). 0.45 leaves a margin: a wrong 'vmap' costs
+# more than a wrong 'loop'.
+MATMUL_EFFICIENCY = 0.45
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,6 +52,23 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
     f(a, a).block_until_ready()
     best = min(best, time.perf_counter() - t)
   return 2 * n**3 / best
+
+
+def step_flops(model: nn.Module, tx: optax.GradientTransformation, task: Task | str,
+               train_batches: dict) -> float:
+  """XLA's FLOP count of one optimizer step on one batch of train_batches [T, ...] (from the
+  lowered program: nothing is compiled). A scan's cost analysis counts its body once, so the
+  sweep's own programs cannot give the total."""
+  task = as_task(task)
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), train_batches)
+
+  def start(b):
+    params, extra = core.init_params_and_extra(model, jax.random.PRNGKey(0), task.inputs(b))
+    return params, tx.init(params), extra
+
+  carry = jax.eval_shape(start, batch)
+  lowered = jax.jit(step_loops.optimizer_step(model, tx, task)).lower(carry, batch)
+  return float((lowered.cost_analysis() or {}).get("flops", 0.0))
 
 
 def run_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransformation],
@@ -69,9 +93,11 @@ def run_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTrans
   run_s = time.perf_counter() - t
   rest, estimate = len(lrs) - 1, {}
   if schedule == "auto" and rest > 1:
-    flops = (one.cost_analysis() or {}).get("flops", 0.0)
+    steps = len(jax.tree.leaves(train_batches)[0])
+    flops = step_flops(model, tx_fn(lrs[0]), task, train_batches) * steps * len(seeds)
+    matmul_s = flops / (MATMUL_EFFICIENCY * matmul_peak_flops())
     estimate = {"loop": rest * run_s,
-                "vmap": rest * flops / matmul_peak_flops() + COMPILE_RATIO * compile_s}
+                "vmap": rest * matmul_s + max(run_s - matmul_s, 0.0) + COMPILE_RATIO * compile_s}
     if estimate["vmap"] < estimate["loop"]:
       schedule = "vmap"
       parts.append(sweep(lrs[1:], seeds, train_batches, eval_batch))

@@ -44,3 +44,14 @@ def test_unknown_schedule_is_named(setup):
   with pytest.raises(ValueError, match="schedule='chunks'.*auto, vmap, loop"):
     run_sweep(model, optax.adam, tasks.CLASSIFICATION, lrs, seeds, train, evals,
               schedule="chunks")
+
+
+def test_step_flops_counts_one_steps_matmuls():
+  from jaxlab.analysis.sweep_schedule import step_flops  # pylint: disable=g-import-not-at-top
+  B, D, H, C = 64, 100, 128, 10
+  batches = {"image": np.zeros((5, B, D), np.float32), "label": np.zeros((5, B), np.int32)}
+  flops = step_flops(models.MLP(hidden_widths=(H,), num_classes=C), optax.adam(1e-3),
+                     tasks.CLASSIFICATION, batches)
+  # forward and weight gradients of both layers, the input gradient of the readout only
+  matmuls = 2 * B * (D * H + H * C) * 2 + 2 * B * H * C
+  assert matmuls <= flops <= 1.5 * matmuls, (flops, matmuls)  # + elementwise, softmax, Adam
