@@ -1,8 +1,8 @@
 r"""`experiments.bench --sweep`: K learning rates of the mnist5k MLP trained four ways, timed in
 one run, and the ratios printed.
 
-  (a) jaxlab's sweep: sweep_schedule.run_sweep, which runs LR 0 alone, then the rest one by one
-      or vmapped, whichever it predicts to be faster;
+  (a) jaxlab's sweep: sweep_schedule.run_sweep, which runs LRs 0 and 1 alone, then the rest
+      one by one or vmapped, whichever it predicts to be faster;
   (b) jaxlab one by one: lr_sweep.make_sweep's program for one LR, called K times;
   (c) eager PyTorch one by one (experiments/torch_reference_mlp.py, a subprocess);
   (d) PyTorch torch.func.vmap + functional_call over the K models, same subprocess script.
@@ -101,8 +101,8 @@ def run(data_dir: str, widths: list[int], num_lrs: int, steps: int,
     rows.append(row)
     print(f"sweep of {num_lrs} LRs x {steps} AdamW steps, mnist5k MLP 2 x {width}:")
     estimate = ", ".join(f"{k} {s:.2f} s" for k, s in ours["estimate"].items())
-    print(f"  (a) jaxlab sweep, schedule {ours['schedule']} (after LR 0, predicted for the rest: "
-          f"{estimate}): {ours['picked_s']:.2f} s")
+    print(f"  (a) jaxlab sweep, schedule {ours['schedule']} (after LRs 0 and 1, predicted for "
+          f"the rest: {estimate}): {ours['picked_s']:.2f} s")
     print(f"  (b) jaxlab one by one: {ours['one_by_one_s']:.2f} s   (a)/(b) speed-up "
           f"{ours['one_by_one_s'] / ours['picked_s']:.2f}x")
     if theirs is None:

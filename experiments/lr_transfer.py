@@ -1,7 +1,7 @@
 r"""Learning-rate transfer across width or depth: a sizes x learning-rates grid, every LR (and
 seed) of a size trained in one compiled program (jaxlab.analysis.lr_sweep: vmap over LR and
 seed; the LR axis sharded over the devices when there are several). On one device --schedule=auto
-(jaxlab.analysis.sweep_schedule) runs the first LR alone and the rest one by one or vmapped,
+(jaxlab.analysis.sweep_schedule) runs the first two LRs alone and the rest one by one or vmapped,
 whichever it predicts to be faster.
 
   python -m experiments.lr_transfer --config=jaxlab/configs/mnist5k_mlp.py \
@@ -66,8 +66,8 @@ _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 0,
 _SCHEDULE = flags.DEFINE_enum(
     "schedule", "auto", list(sweep_schedule.SCHEDULES), "on one device: how a size's LRs run "
     "(jaxlab.analysis.sweep_schedule): all vmapped in one program, one after the other, or auto "
-    "(LR 0 alone, then the rest whichever way is predicted faster); with several devices the LR "
-    "axis is always vmapped and sharded over them")
+    "(LRs 0 and 1 alone, then the rest whichever way is predicted faster); with several devices "
+    "the LR axis is always vmapped and sharded over them")
 _TIME = flags.DEFINE_bool("time_sequential", True, "also time the first width's LRs one by one")
 _BASE = flags.DEFINE_integer("base_width", 128, "base width of the width-aware parametrizations")
 _ZERO_READOUT = flags.DEFINE_bool("zero_readout", False, "zero-initialised readout, for the "

@@ -18,7 +18,7 @@ def setup():
   evals = {"image": rng.normal(size=(32, 12)).astype(np.float32),
            "label": rng.integers(0, 4, size=(32,)).astype(np.int32)}
   model = models.MLP(hidden_widths=(16,), num_classes=4)
-  lrs, seeds = [1e-3, 1e-2, 1e-1], [0, 1]
+  lrs, seeds = [1e-3, 3e-3, 1e-2, 1e-1], [0, 1]  # auto: 2 alone, 2 predicted
   ref = make_sweep(model, optax.adam, tasks.CLASSIFICATION)(
       np.float32(lrs), np.uint32(seeds), train, evals)
   return model, lrs, seeds, train, evals, ref
@@ -29,7 +29,7 @@ def test_every_schedule_matches_one_vmapped_program(setup, schedule):
   model, lrs, seeds, train, evals, (ref_train, ref_eval) = setup
   out = run_sweep(model, optax.adam, tasks.CLASSIFICATION, lrs, seeds, train, evals,
                   schedule=schedule)
-  assert out["train_loss"].shape == (3, 2, 23)
+  assert out["train_loss"].shape == (4, 2, 23)
   np.testing.assert_allclose(out["train_loss"], ref_train, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(out["eval_loss"], ref_eval, rtol=1e-4, atol=1e-5)
   if schedule == "auto":

@@ -1,12 +1,8 @@
 """experiments.bench_breakdown: HLO / aten classifiers, the JAX profile reader, the CLI flag."""
 
-import importlib.util
 import re
-import sys
 
 import jax
-import numpy as np
-import pytest
 
 from experiments import bench_breakdown as bb
 
@@ -152,20 +148,6 @@ def test_jax_op_times_on_a_tiny_jitted_function():
   assert out.seconds.get(bb.UNATTRIBUTED, 0) < 0.1 * total
   table = bb.format_table(out)
   assert re.search(r"^matmul\s+[\d.]+\s+[\d.]+%$", table, re.M), table
-
-
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
-def test_torch_worker_profile_command(tmp_path):
-  path = tmp_path / "batches.npz"
-  tokens = np.random.default_rng(0).integers(0, 256, (2, 2, 16))
-  np.savez(path, inputs=tokens, targets=tokens)
-  args = [sys.executable, "-m", "experiments.torch_reference_lm", f"--batches={path}",
-          "--num_layers=1", "--d_model=32", "--num_heads=2", "--learning_rate=1e-3", "--b1=0.9",
-          "--b2=0.95", "--eps=1e-8", "--weight_decay=0.1", "--grad_clip=1.0"]
-  out, version = bb.torch_op_times(args, bb.__file__.rsplit("/experiments/", 1)[0], steps=2)
-  assert version
-  for category in (bb.MATMUL, bb.ATTENTION, bb.LAYERNORM, bb.GELU, bb.ROPE, bb.OPTIMIZER):
-    assert out.seconds.get(category, 0) > 0, (category, out.seconds)
 
 
 def test_bench_cli_breakdown(run_python, tfds_data_dir):
