@@ -10,10 +10,12 @@ and the K-LR program compiles ~1.6x slower than the one-LR program.
 schedule='auto' therefore first runs LRs 0 and 1 alone with the one-LR program (init, scan,
 eval fused; real work, nothing is thrown away) and times its compilation and the second run
 (the first pays one-time costs). The other K - 2 then run one after the other with that same
-program, unless vmapping them is predicted to be faster. The prediction splits the measured one-LR run into its FLOPs at
-MATMUL_EFFICIENCY x this machine's measured matmul peak (XLA's cost analysis of one optimizer
-step, times the steps and seeds) and the rest, a per-step overhead that vmapping pays once for
-all K; plus compiling the vmapped program (COMPILE_RATIO x the one-LR program's compile time).
+program, unless vmapping them is predicted to be faster. The prediction splits the measured
+one-LR run into its FLOPs at MATMUL_EFFICIENCY x this machine's measured matmul peak (XLA's
+cost analysis of one optimizer step, times the steps and seeds) and the rest, a per-step
+overhead that vmapping pays once for all K; plus compiling the vmapped program (COMPILE_RATIO x
+the one-LR program's compile time). The constants were measured on one 2-core CPU; on the
+mnist5k MLP sweeps of the bench they pick the loop (docs/results/cpu_speed.md).
 """
 
 import functools
@@ -31,7 +33,7 @@ from jaxlab.train import core, step_loops
 from jaxlab.train.tasks import Task, as_task
 
 SCHEDULES = ("auto", "vmap", "loop")
-COMPILE_RATIO = 1.6  # compile time of the 12-LR / the 1-LR mnist5k MLP program, measured 2.4 / 1.5 s
+COMPILE_RATIO = 1.6  # compile time of the 12-LR / 1-LR mnist5k MLP sweep program: 2.4 / 1.5 s
 # Fraction of the matmul peak that training programs with large matmuls reach, in XLA-counted
 # FLOPs: the mnist5k MLP at width 512 ran at 0.51 (12 LRs vmapped) and 0.55 (one LR) of the
 # bench's GEMM peak (2-core AMD EPYC, 2026-12-06). 0.45 leaves a margin: a wrong 'vmap' costs
