@@ -33,11 +33,11 @@ def train_seeds(model: nn.Module, tx: optax.GradientTransformation, task: tasks.
   seeds = jnp.asarray(seeds, jnp.uint32)
   if not chunk:
     return jax.jit(jax.vmap(one))(seeds, batches)
-  runs = []
+  runs, run, jit_start = [], step_loops.chunk_runner(step), jax.jit(start)  # compiled once
   for i, seed in enumerate(seeds):
     seed_batches = jax.tree.map(lambda x, i=i: x[i], batches)
-    carry = jax.jit(start)(seed, jax.tree.map(lambda x: x[:1], seed_batches))
-    runs.append(step_loops.chunked_steps(step, carry, seed_batches, chunk)[0][0])
+    carry = jit_start(seed, jax.tree.map(lambda x: x[:1], seed_batches))
+    runs.append(run(carry, seed_batches, chunk)[0][0])
   return jax.tree.map(lambda *xs: jnp.stack(xs), *runs)
 
 

@@ -44,16 +44,26 @@ def scan_steps(step: Step, carry: Any, batches: dict) -> tuple[Any, jax.Array]:
 def chunked_steps(step: Step, carry: Any, batches: dict, chunk: int = 5) -> tuple[Any, jax.Array]:
   """What `scan_steps` returns, computed as jitted calls of `chunk` unrolled steps (the last call
   takes the remainder). Not traceable. The calls donate a private copy of `carry`."""
-  if chunk < 1:
-    raise ValueError(f"chunk={chunk}: must be >= 1")
+  return chunk_runner(step)(carry, batches, chunk)
+
+
+def chunk_runner(step: Step) -> Callable[[Any, dict, int], tuple[Any, jax.Array]]:
+  """`chunked_steps` for one `step` with its jitted chunk built once: call it for several runs
+  (e.g. seeds) and the chunk program compiles once, not once per run."""
   run = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs, unroll=True), donate_argnums=0)
-  steps = len(jax.tree.leaves(batches)[0])
-  losses = []
-  carry = jax.tree.map(jnp.array, carry)  # a private copy: donation must not delete the caller's
-  for start in range(0, steps, chunk):
-    carry, loss = run(carry, jax.tree.map(lambda x, s=start: x[s:s + chunk], batches))
-    losses.append(loss)
-  return carry, jnp.concatenate(losses) if losses else jnp.zeros((0,), jnp.float32)
+
+  def run_all(carry: Any, batches: dict, chunk: int) -> tuple[Any, jax.Array]:
+    if chunk < 1:
+      raise ValueError(f"chunk={chunk}: must be >= 1")
+    steps = len(jax.tree.leaves(batches)[0])
+    losses = []
+    carry = jax.tree.map(jnp.array, carry)  # a private copy: donation must not delete the caller's
+    for start in range(0, steps, chunk):
+      carry, loss = run(carry, jax.tree.map(lambda x, s=start: x[s:s + chunk], batches))
+      losses.append(loss)
+    return carry, jnp.concatenate(losses) if losses else jnp.zeros((0,), jnp.float32)
+
+  return run_all
 
 
 def has_convolution(model: nn.Module, example: jax.Array) -> bool:
