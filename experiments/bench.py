@@ -6,6 +6,8 @@ of a quantization-aware (QAT) train step of the same LM, in one run.
   python -m experiments.bench --qat=w4a8            # another policy; --qat= skips it
   python -m experiments.bench --breakdown --qat=    # + time per op category, ours vs PyTorch
   python -m experiments.bench --sweep               # a 12-LR sweep, jaxlab vs PyTorch (no LM)
+  python -m experiments.bench --cpu_devices=1       # the CPU as one XLA device (default: one
+                                                    # per core, the batch / LR axis split)
 
 MFU = model FLOPs per second / measured GEMM peak. Model FLOPs per token follow PaLM
 (Chowdhery et al. 2022, App. B): 6 N + 12 n_layers seq d_model (forward+backward, attention
@@ -43,7 +45,7 @@ import ml_collections
 import numpy as np
 
 from jaxlab.configs import shakespeare_lm
-from experiments import bench_sweep
+from experiments import bench_sweep, cpu_devices_flag
 from experiments.kernel_bench.measure import lm_flops_per_token
 from jaxlab import data, optim, quant, sharding
 from jaxlab.train import step as step_lib, tasks
@@ -168,6 +170,7 @@ class _TorchReference:
 
 def main(argv):
   del argv
+  cpu_devices_flag.apply()
   if _SWEEP.value:
     print_gemm_peak()
     bench_sweep.run(_DATA_DIR.value, [int(w) for w in _SWEEP_WIDTHS.value], _SWEEP_LRS.value,

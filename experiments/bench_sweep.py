@@ -1,9 +1,11 @@
 r"""`experiments.bench --sweep`: K learning rates of the mnist5k MLP trained four ways, timed in
 one run, and the ratios printed.
 
-  (a) jaxlab's sweep: sweep_schedule.run_sweep, which runs LRs 0 and 1 alone, then the rest
-      one by one or vmapped, whichever it predicts to be faster;
-  (b) jaxlab one by one: lr_sweep.make_sweep's program for one LR, called K times;
+  (a) jaxlab's sweep: sweep_schedule.run_sweep with the LR axis over all devices (the bench
+      splits the CPU into one device per core: --cpu_devices), which runs two chunks of LRs (one
+      LR per device) alone, then the rest chunk by chunk or vmapped, whichever it predicts to
+      be faster;
+  (b) jaxlab one by one: lr_sweep.make_sweep's program for one LR on one device, called K times;
   (c) eager PyTorch one by one (experiments/torch_reference_mlp.py, a subprocess);
   (d) PyTorch torch.func.vmap + functional_call over the K models, same subprocess script.
 
@@ -27,7 +29,7 @@ import optax
 
 from jaxlab import data, models
 from jaxlab.analysis import sweep_schedule
-from jaxlab.analysis.lr_sweep import make_sweep, stack_batches
+from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep, stack_batches
 from jaxlab.configs import mnist5k_mlp
 from jaxlab.train import tasks
 
@@ -52,7 +54,7 @@ def time_jaxlab(width: int, lrs: list[float], train: dict, eval_batch: dict) -> 
   sweep_schedule.matmul_peak_flops()  # measured once per process, before either is timed
   t = time.perf_counter()
   picked = sweep_schedule.run_sweep(model, tx_fn, tasks.CLASSIFICATION, lrs, [0], train,
-                                    eval_batch)
+                                    eval_batch, mesh=lr_mesh(len(lrs)))
   picked_s = time.perf_counter() - t
   one = make_sweep(model, tx_fn, tasks.CLASSIFICATION)
   t = time.perf_counter()
@@ -99,10 +101,12 @@ def run(data_dir: str, widths: list[int], num_lrs: int, steps: int,
     theirs = time_torch(width, lrs, train) if torch_reference else None
     row = {"width": width, "num_lrs": num_lrs, "steps": steps, "jaxlab": ours, "torch": theirs}
     rows.append(row)
-    print(f"sweep of {num_lrs} LRs x {steps} AdamW steps, mnist5k MLP 2 x {width}:")
+    print(f"sweep of {num_lrs} LRs x {steps} AdamW steps, mnist5k MLP 2 x {width} "
+          f"({jax.device_count()} device(s)):")
     estimate = ", ".join(f"{k} {s:.2f} s" for k, s in ours["estimate"].items())
-    print(f"  (a) jaxlab sweep, schedule {ours['schedule']} (after LRs 0 and 1, predicted for "
-          f"the rest: {estimate}): {ours['picked_s']:.2f} s")
+    picked = (f"after two chunks, predicted for the rest: {estimate}" if estimate else
+              "no prediction: at most one chunk after the first two")
+    print(f"  (a) jaxlab sweep, schedule {ours['schedule']} ({picked}): {ours['picked_s']:.2f} s")
     print(f"  (b) jaxlab one by one: {ours['one_by_one_s']:.2f} s   (a)/(b) speed-up "
           f"{ours['one_by_one_s'] / ours['picked_s']:.2f}x")
     if theirs is None:

@@ -1,8 +1,9 @@
 r"""Learning-rate transfer across width or depth: a sizes x learning-rates grid, every LR (and
 seed) of a size trained in one compiled program (jaxlab.analysis.lr_sweep: vmap over LR and
-seed; the LR axis sharded over the devices when there are several). On one device --schedule=auto
-(jaxlab.analysis.sweep_schedule) runs the first two LRs alone and the rest one by one or vmapped,
-whichever it predicts to be faster.
+seed; the LR axis sharded over the devices when there are several, and the host CPU split into
+one device per core by default: --cpu_devices). --schedule=auto (jaxlab.analysis.sweep_schedule)
+runs the first two chunks of LRs (one LR per device) alone and the rest chunk by chunk or
+vmapped, whichever it predicts to be faster.
 
   python -m experiments.lr_transfer --config=jaxlab/configs/mnist5k_mlp.py \
       --widths=128,256,512,1024 --base_width=128 --log2_lrs=-14,-3 --steps=300 --workdir=/tmp/lrt
@@ -36,11 +37,11 @@ import numpy as np
 import optax
 from ml_collections import config_flags
 
+from experiments import cpu_devices_flag
 from experiments.width_configs import config_at, config_at_depth
 from jaxlab import data, param
 from jaxlab.analysis import plots, sweep_schedule
-from jaxlab.analysis.lr_sweep import (lr_mesh, make_sweep, mean_over_seeds, stack_batches,
-                                      to_host)
+from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep, mean_over_seeds, stack_batches
 from jaxlab.sharding import distributed
 from jaxlab.train import tasks
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
@@ -64,10 +65,10 @@ _STEPS = flags.DEFINE_integer("steps", 300, "training steps per run")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 0,
                                    "examples in the final eval batch (0 = config.eval_batch_size)")
 _SCHEDULE = flags.DEFINE_enum(
-    "schedule", "auto", list(sweep_schedule.SCHEDULES), "on one device: how a size's LRs run "
-    "(jaxlab.analysis.sweep_schedule): all vmapped in one program, one after the other, or auto "
-    "(LRs 0 and 1 alone, then the rest whichever way is predicted faster); with several devices "
-    "the LR axis is always vmapped and sharded over them")
+    "schedule", "auto", list(sweep_schedule.SCHEDULES), "how a size's LRs run "
+    "(jaxlab.analysis.sweep_schedule): all vmapped in one program (the LR axis split over the "
+    "devices), one chunk after the other (a chunk: one LR per device), or auto (two chunks, then "
+    "the rest whichever way is predicted faster; vmap in a multi-process job)")
 _TIME = flags.DEFINE_bool("time_sequential", True, "also time the first width's LRs one by one")
 _BASE = flags.DEFINE_integer("base_width", 128, "base width of the width-aware parametrizations")
 _ZERO_READOUT = flags.DEFINE_bool("zero_readout", False, "zero-initialised readout, for the "
@@ -99,6 +100,7 @@ def write_json(axis, results, timing, seeds, config) -> None:
 
 def main(argv):
   del argv
+  cpu_devices_flag.apply()
   distributed.initialize_from_flags()
   chief = jax.process_index() == 0
   config = _CONFIG.value
@@ -129,14 +131,10 @@ def main(argv):
       model = build_model(c, spec)
       unit_tx = make_tx(c, model, param_info_of(model, example))
       tx_fn = lambda lr, t=unit_tx: optax.chain(t, optax.scale(lr))
-      run = make_sweep(model, tx_fn, task, mesh=mesh)
       t0 = time.perf_counter()
-      if mesh is None:
-        out = sweep_schedule.run_sweep(model, tx_fn, task, lrs, seeds, train, evals,
-                                       schedule=_SCHEDULE.value)
-        final, schedule = out["eval_loss"], out["schedule"]
-      else:
-        final, schedule = to_host(jax.block_until_ready(run(lrs, seeds, train, evals))[1]), "vmap"
+      out = sweep_schedule.run_sweep(model, tx_fn, task, lrs, seeds, train, evals,
+                                     schedule=_SCHEDULE.value, mesh=mesh)
+      final, schedule = out["eval_loss"], out["schedule"]
       elapsed = time.perf_counter() - t0
       mean = mean_over_seeds(final)
       results[name][width] = {"log2_lr": list(range(lo, hi + 1)), "eval_loss": final.tolist(),
@@ -147,6 +145,8 @@ def main(argv):
         print(f"{name} {axis} {width}: best log2 LR {results[name][width]['best_log2_lr']}, "
               f"eval loss {mean.min():.4f} ({elapsed:.0f} s incl. compile, {schedule})")
       if _TIME.value and not timing:
+        run = make_sweep(model, tx_fn, task, mesh=mesh)
+        jax.block_until_ready(run(lrs, seeds, train, evals))  # compile the K-LR program
         t0 = time.perf_counter()
         jax.block_until_ready(run(lrs, seeds, train, evals))
         vmapped = time.perf_counter() - t0

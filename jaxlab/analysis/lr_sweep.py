@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxlab.train import core, step_loops
+from jaxlab.train import compile_options, core, step_loops
 from jaxlab.train.tasks import Task, as_task
 
 
@@ -53,7 +53,7 @@ def make_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTran
   (axis 'lr', e.g. from `lr_mesh`) the K runs are split over its devices: each device trains
   K / n learning rates, batches are replicated. In a multi-process job every process passes the
   same (whole) inputs and gets its devices' rows of the outputs (`to_host` gathers them).
-  `task`: a Task or its name."""
+  `task`: a Task or its name. On CPU it compiles with compile_options.SHORT_CPU_PROGRAM."""
   task = as_task(task)
 
   def one_run(lr, seed, train_batches, eval_batch):
@@ -63,10 +63,11 @@ def make_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTran
   over_seeds = jax.vmap(one_run, in_axes=(None, 0, None, None))
   sweep = jax.vmap(over_seeds, in_axes=(0, None, None, None))
   if mesh is None:
-    return jax.jit(sweep)
+    return jax.jit(sweep, compiler_options=compile_options.for_short_programs())
   by_lr, replicated = NamedSharding(mesh, P("lr")), NamedSharding(mesh, P())
   shardings = (by_lr, replicated, replicated, replicated)
-  compiled = jax.jit(sweep, in_shardings=shardings, out_shardings=(by_lr, by_lr))
+  compiled = jax.jit(sweep, in_shardings=shardings, out_shardings=(by_lr, by_lr),
+                     compiler_options=compile_options.for_short_programs(mesh.devices.flat))
 
   def run(*args):
     return compiled(*(jax.tree.map(lambda x, s=s: _place(x, s), a)

@@ -1,20 +1,19 @@
 """A learning-rate sweep that picks how to run its K runs: all vmapped in one program, or one
-after the other.
+after the other (on several devices: n at a time, one per device).
 
 Vmapping turns each matmul into a batched matmul. On XLA:CPU that pays where a step is mostly
 per-op overhead (small widths) and loses once the matmuls are large (the 2-layer mnist5k MLP
 at width 512: 4.03 ms per LR-step vmapped vs 3.76 one at a time; docs/results/cpu_speed.md).
-Compilation counts too: a short sweep of small models spends as long compiling as training,
-and the K-LR program compiles ~1.6x slower than the one-LR program.
+Compilation counts too: a short sweep of small models spends as long compiling as training.
 
-schedule='auto' therefore first runs LRs 0 and 1 alone with the one-LR program (init, scan,
-eval fused; real work, nothing is thrown away) and times its compilation and the second run
-(the first pays one-time costs). The other K - 2 then run one after the other with that same
-program, unless vmapping them is predicted to be faster. The prediction splits the measured
-one-LR run into its FLOPs at MATMUL_EFFICIENCY x this machine's measured matmul peak (XLA's
+schedule='auto' therefore first runs two chunks of LRs (a chunk: one LR per device) with the
+chunk program (init, scan, eval fused; real work, nothing is thrown away) and times the first
+call (compilation included) and the second. The other chunks then run one after the other with
+that same program, unless vmapping them is predicted to be faster. The prediction splits the
+measured chunk into its FLOPs at MATMUL_EFFICIENCY x this machine's measured matmul peak (XLA's
 cost analysis of one optimizer step, times the steps and seeds) and the rest, a per-step
 overhead that vmapping pays once for all K; plus compiling the vmapped program (COMPILE_RATIO x
-the one-LR program's compile time). The constants were measured on one 2-core CPU; on the
+the chunk program's compile time). The constants were measured on one 2-core CPU; on the
 mnist5k MLP sweeps of the bench they pick the loop (docs/results/cpu_speed.md).
 """
 
@@ -27,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from jaxlab.analysis.lr_sweep import make_sweep
+from jaxlab.analysis.lr_sweep import make_sweep, to_host
 from jaxlab.train import core, step_loops
 from jaxlab.train.tasks import Task, as_task
 
@@ -75,40 +75,52 @@ def step_flops(model: nn.Module, tx: optax.GradientTransformation, task: Task | 
 
 def run_sweep(model: nn.Module, tx_fn: Callable[[jax.Array], optax.GradientTransformation],
               task: Task | str, lrs: Sequence[float], seeds: Sequence[int], train_batches: dict,
-              eval_batch: dict, schedule: str = "auto") -> dict:
+              eval_batch: dict, schedule: str = "auto", mesh: Mesh | None = None) -> dict:
   """{'train_loss' [K, S, T], 'eval_loss' [K, S], 'schedule' (the one used for the LRs after the
-  first two), 'estimate' (auto: the predicted seconds of those each way)}; every run is
-  lr_sweep.make_sweep's."""
+  first two chunks), 'estimate' (auto: the predicted seconds of those each way)}; every run is
+  lr_sweep.make_sweep's. With a mesh (axis 'lr' over n devices, n dividing K: `lr_mesh`) a
+  chunk is n LRs, one per device, and 'vmap' splits the rest over the devices; without one a
+  chunk is one LR. In a multi-process job 'auto' means 'vmap' (every process must run the
+  same programs, and their timings differ)."""
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule={schedule!r}: valid: {', '.join(SCHEDULES)}")
   lrs = np.asarray(lrs, np.float32)
   seeds = np.asarray(seeds, np.uint32)
-  sweep = make_sweep(model, tx_fn, task)
+  n = mesh.size if mesh is not None else 1
+  if len(lrs) % n:
+    raise ValueError(f"{len(lrs)} learning rates do not split over the mesh's {n} devices")
+  if schedule == "auto" and jax.process_count() > 1:
+    schedule = "vmap"
+  sweep = make_sweep(model, tx_fn, task, mesh=mesh)
+
+  def run(chunk):
+    return jax.block_until_ready(sweep(chunk, seeds, train_batches, eval_batch))
+
+  estimate = {}
   if schedule == "vmap":
-    train, final = sweep(lrs, seeds, train_batches, eval_batch)
-    return {"train_loss": np.asarray(train), "eval_loss": np.asarray(final), "schedule": "vmap",
-            "estimate": {}}
-  t = time.perf_counter()
-  one = sweep.lower(lrs[:1], seeds, train_batches, eval_batch).compile()
-  compile_s = time.perf_counter() - t
-  parts, done = [], min(2, len(lrs))  # the first call pays one-time costs: time the second
-  for k in range(done):
-    t = time.perf_counter()
-    parts.append(jax.block_until_ready(one(lrs[k:k + 1], seeds, train_batches, eval_batch)))
-    run_s = time.perf_counter() - t
-  rest, estimate = len(lrs) - done, {}
-  if schedule == "auto" and rest > 1:
-    steps = len(jax.tree.leaves(train_batches)[0])
-    flops = step_flops(model, tx_fn(lrs[0]), task, train_batches) * steps * len(seeds)
-    matmul_s = flops / (MATMUL_EFFICIENCY * matmul_peak_flops())
-    estimate = {"loop": rest * run_s,
-                "vmap": rest * matmul_s + max(run_s - matmul_s, 0.0) + COMPILE_RATIO * compile_s}
-    if estimate["vmap"] < estimate["loop"]:
-      schedule = "vmap"
-      parts.append(sweep(lrs[done:], seeds, train_batches, eval_batch))
-  if schedule != "vmap":
-    schedule = "loop"
-    parts += [one(lrs[k:k + 1], seeds, train_batches, eval_batch) for k in range(done, len(lrs))]
-  return {"train_loss": np.concatenate([np.asarray(p[0]) for p in parts]),
-          "eval_loss": np.concatenate([np.asarray(p[1]) for p in parts]),
+    parts = [run(lrs)]
+  else:
+    chunks = [lrs[k:k + n] for k in range(0, len(lrs), n)]
+    parts, seconds = [], []
+    for chunk in chunks[:2]:  # the first call compiles: the second is the run time
+      t = time.perf_counter()
+      parts.append(run(chunk))
+      seconds.append(time.perf_counter() - t)
+    rest = chunks[2:]
+    if schedule == "auto" and len(rest) > 1:
+      run_s, compile_s = seconds[-1], max(seconds[0] - seconds[-1], 0.0)
+      steps = len(jax.tree.leaves(train_batches)[0])
+      flops = step_flops(model, tx_fn(lrs[0]), task, train_batches) * steps * len(seeds)
+      matmul_s = flops / (MATMUL_EFFICIENCY * matmul_peak_flops())  # one LR on the whole CPU
+      estimate = {"loop": len(rest) * run_s,
+                  "vmap": (len(rest) * n * matmul_s + max(run_s - n * matmul_s, 0.0)
+                           + COMPILE_RATIO * compile_s)}
+      if estimate["vmap"] < estimate["loop"]:
+        schedule = "vmap"
+        parts.append(run(np.concatenate(rest)))
+    if schedule != "vmap":
+      schedule = "loop"
+      parts += [run(chunk) for chunk in rest]
+  return {"train_loss": np.concatenate([to_host(p[0]) for p in parts]),
+          "eval_loss": np.concatenate([to_host(p[1]) for p in parts]),
           "schedule": schedule, "estimate": estimate}

@@ -1,5 +1,7 @@
 """run_sweep computes the runs lr_sweep.make_sweep computes, whichever schedule it takes."""
 
+import json
+
 import numpy as np
 import optax
 import pytest
@@ -55,3 +57,52 @@ def test_step_flops_counts_one_steps_matmuls():
   # forward and weight gradients of both layers, the input gradient of the readout only
   matmuls = 2 * B * (D * H + H * C) * 2 + 2 * B * H * C
   assert matmuls <= flops <= 1.5 * matmuls, (flops, matmuls)  # + elementwise, softmax, Adam
+
+
+_ON_TWO_DEVICES = """
+import json, numpy as np, optax
+from jaxlab import models
+from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep
+from jaxlab.analysis.sweep_schedule import run_sweep
+from jaxlab.train import tasks
+rng = np.random.default_rng(0)
+train = {"image": rng.normal(size=(9, 16, 12)).astype(np.float32),
+         "label": rng.integers(0, 4, size=(9, 16)).astype(np.int32)}
+evals = {"image": rng.normal(size=(32, 12)).astype(np.float32),
+         "label": rng.integers(0, 4, size=(32,)).astype(np.int32)}
+model = models.MLP(hidden_widths=(16,), num_classes=4)
+lrs = [1e-3, 2e-3, 3e-3, 6e-3, 1e-2, 2e-2, 3e-2, 1e-1]  # auto: 2 chunks of 2 alone, 2 predicted
+ref = make_sweep(model, optax.adam, tasks.CLASSIFICATION)(np.float32(lrs), np.uint32([0]),
+                                                          train, evals)
+out = {}
+for schedule in ("vmap", "loop", "auto"):
+  got = run_sweep(model, optax.adam, tasks.CLASSIFICATION, lrs, [0], train, evals,
+                  schedule=schedule, mesh=lr_mesh(len(lrs)))
+  out[schedule] = {"mesh": lr_mesh(len(lrs)).size, "schedule": got["schedule"],
+                   "estimate": got["estimate"],
+                   "train": float(np.abs(got["train_loss"] - ref[0]).max()),
+                   "eval": float(np.abs(got["eval_loss"] - ref[1]).max())}
+try:
+  run_sweep(model, optax.adam, tasks.CLASSIFICATION, lrs[:3], [0], train, evals,
+            mesh=lr_mesh(len(lrs)))
+except ValueError as e:
+  out["error"] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_with_an_lr_mesh_every_schedule_matches_one_program(run_python):
+  """Two devices: chunks of 2 LRs (one per device) or the rest split over both."""
+  done = run_python("-c", _ON_TWO_DEVICES,
+                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads(done.stdout.strip().splitlines()[-1])
+  for schedule in ("vmap", "loop", "auto"):
+    got = out[schedule]
+    assert got["mesh"] == 2
+    assert got["train"] < 1e-5 and got["eval"] < 1e-5, got
+  assert out["vmap"]["schedule"] == "vmap" and out["loop"]["schedule"] == "loop"
+  auto = out["auto"]
+  assert set(auto["estimate"]) == {"vmap", "loop"}
+  assert auto["schedule"] == min(auto["estimate"], key=auto["estimate"].get)
+  assert "3 learning rates do not split over the mesh's 2 devices" in out["error"]

@@ -24,11 +24,11 @@ def test_bench_cli_prints_mfu_and_qat_ratio(run_python, tfds_data_dir):
 
 def test_bench_sweep_prints_the_schedule_and_both_jaxlab_times(run_python, tfds_data_dir):
   done = run_python("-m", "experiments.bench", f"--data_dir={tfds_data_dir}", "--sweep",
-                    "--sweep_widths=16", "--sweep_lrs=4", "--sweep_steps=80",
+                    "--sweep_widths=16", "--sweep_lrs=8", "--sweep_steps=80", "--cpu_devices=2",
                     "--notorch_reference")
   assert done.returncode == 0, done.stderr[-3000:]
   out = done.stdout
-  assert re.search(r"\(a\) jaxlab sweep, schedule (vmap|loop) \(after LRs 0 and 1, predicted for "
+  assert re.search(r"\(a\) jaxlab sweep, schedule (vmap|loop) \(after two chunks, predicted for "
                    r"the rest: loop [\d.]+ s, vmap [\d.]+ s\): [\d.]+ s", out), out
   assert re.search(r"\(b\) jaxlab one by one: [\d.]+ s   \(a\)/\(b\) speed-up [\d.]+x", out), out
   assert "PyTorch: skipped" in out
