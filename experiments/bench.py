@@ -112,7 +112,8 @@ class _Runner:
     self.kw = dict(model=model, tx=self.tx, task=tasks.LM,
                    state_sharding=step_lib.Static(shardings))
     compiled = step_lib.train_step.lower(self.state, batch, **self.kw).compile()
-    self.xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    # XLA's cost analysis of an SPMD program counts one device's share
+    self.xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan")) * mesh.size
     self.times: list[float] = []
 
   def step(self, batch, timed: bool = True) -> None:
