@@ -48,9 +48,10 @@ def adam_atan2(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
   """Adam-atan2 with optional decoupled weight decay (as AdamW; `decay`: per-parameter factors,
   jaxlab.optim.decay_coefficients), then -learning_rate."""
   parts = [scale_by_adam_atan2(b1, b2, a, b)]
-  if weight_decay and decay is not None:
+  decays = not isinstance(weight_decay, (int, float)) or weight_decay != 0  # traced: decays
+  if decays and decay is not None:
     parts.append(add_scaled_decayed_weights(weight_decay, decay))
-  elif weight_decay:
+  elif decays:
     parts.append(optax.add_decayed_weights(weight_decay))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*parts)

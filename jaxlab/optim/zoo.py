@@ -90,7 +90,7 @@ def _adafactor(learning_rate, decay_rate=0.8, clipping_threshold=1.0, weight_dec
   return optax.adafactor(learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
                          decay_rate=decay_rate, clipping_threshold=clipping_threshold,
                          multiply_by_parameter_scale=multiply_by_parameter_scale,
-                         weight_decay_rate=weight_decay or None)
+                         weight_decay_rate=weight_decay)  # may be traced: no `or None`
 
 
 def _muon(learning_rate, beta=0.95, ns_steps=5, weight_decay=0.0, nesterov=True, adam_b1=0.9,

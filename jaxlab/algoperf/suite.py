@@ -1,0 +1,134 @@
+"""The benchmark run: every (workload, algorithm, study) tuned under a ruleset, one JSON per
+trial (a killed run resumes at the first unfinished trial), then AlgoPerf's scores.
+
+Rulesets (Dahl et al. 2023, Sec. 4): 'external' tunes each study with `trials` quasi-random
+points of the submission's search space (jaxlab.algoperf.search; study s draws with seed s)
+and the study's time is its fastest trial to the target; 'self' runs the submission's defaults
+once per study with 3x the step budget. A workload's time is the median over studies.
+"""
+
+import json
+import os
+from typing import Callable
+
+import numpy as np
+
+from jaxlab.algoperf import scoring, search, submission as submission_lib, trials as trials_lib
+from jaxlab.algoperf import workloads as workloads_lib
+from jaxlab.errors import UserError
+
+RULESETS = ("external", "self")
+SELF_TUNING_BUDGET = 3  # AlgoPerf gives self-tuning submissions 3x the external budget
+MEASURES = ("steps", "seconds")
+
+
+def trial_path(workdir: str, ruleset: str, workload: str, algorithm: str, study: int,
+               trial: int) -> str:
+  return os.path.join(workdir, "trials", ruleset, workload, algorithm,
+                      f"study{study}_trial{trial}.json")
+
+
+def study_trials(sub: submission_lib.Submission, ruleset: str, study: int,
+                 num_trials: int) -> list[dict]:
+  """The hyperparameters of a study's trials: quasi-random points (external) or the defaults."""
+  if ruleset == "self":
+    return [{k: float(sub.defaults[k]) for k in sub.search_space}]
+  return search.sample(sub.search_space, num_trials, seed=study)
+
+
+def run(workload_names: list[str], algorithms: list[str], ruleset: str, num_trials: int,
+        num_studies: int, workdir: str, data_dir: str = "", budget_scale: float = 1.0,
+        batch_scale: int = 1, log: Callable[[str], None] = print) -> None:
+  """Trains every trial without a JSON in workdir; the trials still to run of one study are
+  vmapped together where the model allows (jaxlab.algoperf.trials)."""
+  if ruleset not in RULESETS:
+    raise UserError(f"--ruleset={ruleset!r}; valid: {', '.join(RULESETS)}")
+  if num_trials < 1 or num_studies < 1 or budget_scale <= 0 or batch_scale < 1:
+    raise UserError("--trials and --studies must be >= 1, --budget_scale > 0, --batch_scale >= 1"
+                    f" (got {num_trials}, {num_studies}, {budget_scale}, {batch_scale})")
+  subs = [submission_lib.from_zoo(a) for a in algorithms]  # unknown names fail before training
+  loads = [workloads_lib.get(w) for w in workload_names]
+  for workload in loads:
+    steps = budget(workload, ruleset, budget_scale)
+    data = None
+    for sub in subs:
+      for study in range(num_studies):
+        hparams = study_trials(sub, ruleset, study, num_trials)
+        paths = [trial_path(workdir, ruleset, workload.name, sub.name, study, k)
+                 for k in range(len(hparams))]
+        todo = [k for k, p in enumerate(paths) if not os.path.exists(p)]
+        if not todo:
+          continue
+        if data is None:
+          data = workloads_lib.load(workload, data_dir, num_steps=steps,
+                                    batch_size=_batch(workload, data_dir, batch_scale))
+        seeds = [1000 * study + k for k in todo]
+        results = trials_lib.run_trials(data, sub, [hparams[k] for k in todo], seeds)
+        for k, result in zip(todo, results):
+          record = {"workload": workload.name, "algorithm": sub.name, "ruleset": ruleset,
+                    "study": study, "trial": k, "metric": workload.metric,
+                    "batch_size": int(data.train_batches[data.task.targets_key].shape[1]),
+                    **result}
+          _write_json(paths[k], record)
+        best = min(min(r["eval_metric"], default=np.inf) for r in results)
+        log(f"{workload.name} {sub.name} study {study}: {len(todo)} trials, best "
+            f"{workload.metric} {best:.4f}, {results[0]['seconds'][-1] * len(todo):.0f} s")
+
+
+def budget(workload: workloads_lib.Workload, ruleset: str, budget_scale: float) -> int:
+  scale = budget_scale * (SELF_TUNING_BUDGET if ruleset == "self" else 1)
+  return max(int(round(workload.num_steps * scale)), 1)
+
+
+def _batch(workload: workloads_lib.Workload, data_dir: str, batch_scale: int) -> int | None:
+  return None if batch_scale == 1 else workload.config(data_dir).batch_size * batch_scale
+
+
+def _write_json(path: str, record: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f)
+  os.replace(path + ".tmp", path)
+
+
+def load_trials(workdir: str, ruleset: str) -> list[dict]:
+  """Every trial JSON of a ruleset under workdir."""
+  root = os.path.join(workdir, "trials", ruleset)
+  out = []
+  for folder, _, files in sorted(os.walk(root)):
+    for name in sorted(files):
+      if name.endswith(".json"):
+        with open(os.path.join(folder, name)) as f:
+          out.append(json.load(f))
+  return out
+
+
+def times_to_target(records: list[dict], targets: dict[str, float],
+                    measure: str = "steps") -> dict[str, dict[str, float]]:
+  """times[algorithm][workload]: per study the fastest trial to the workload's target (in
+  `measure`: optimizer steps or training seconds), then the median over studies."""
+  if measure not in MEASURES:
+    raise UserError(f"measure {measure!r}; valid: {', '.join(MEASURES)}")
+  per_study: dict[tuple, list[float]] = {}
+  for r in records:
+    axis = r["eval_steps"] if measure == "steps" else r["seconds"]
+    t = scoring.time_to_target(axis, r["eval_metric"], targets[r["workload"]])
+    per_study.setdefault((r["algorithm"], r["workload"], r["study"]), []).append(t)
+  studies: dict[tuple, list[float]] = {}
+  for (algorithm, workload, _), ts in sorted(per_study.items()):
+    studies.setdefault((algorithm, workload), []).append(scoring.study_time(ts))
+  times: dict[str, dict[str, float]] = {}
+  for (algorithm, workload), ts in studies.items():
+    times.setdefault(algorithm, {})[workload] = scoring.workload_time(ts)
+  return times
+
+
+def best_metrics(records: list[dict]) -> dict[str, dict[str, float]]:
+  """best[workload][algorithm]: the lowest validation metric any trial reached."""
+  best: dict[str, dict[str, float]] = {}
+  for r in records:
+    values = [v for v in r["eval_metric"] if np.isfinite(v)]
+    if values:
+      row = best.setdefault(r["workload"], {})
+      row[r["algorithm"]] = min(row.get(r["algorithm"], np.inf), min(values))
+  return best

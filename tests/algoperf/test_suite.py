@@ -1,0 +1,55 @@
+"""The suite's bookkeeping: study trials, budgets, and times to target from trial records."""
+
+import math
+
+import pytest
+
+from jaxlab.algoperf import search, submission, suite, workloads
+from jaxlab.errors import UserError
+
+
+def _record(algorithm, workload, study, steps, metric, seconds=None):
+  return {"algorithm": algorithm, "workload": workload, "study": study, "eval_steps": steps,
+          "eval_metric": metric, "seconds": seconds or [s / 100 for s in steps]}
+
+
+def test_times_are_the_median_over_studies_of_the_fastest_trial():
+  records = [
+      _record("a", "w", 0, [10, 20, 30], [0.5, 0.2, 0.1]),   # reaches 0.25 at 20
+      _record("a", "w", 0, [10, 20, 30], [0.2, 0.1, 0.1]),   # at 10: study 0 -> 10
+      _record("a", "w", 1, [10, 20, 30], [0.9, 0.8, 0.2]),   # study 1 -> 30
+      _record("a", "w", 2, [10, 20, 30], [0.9, math.nan, 0.9]),  # study 2 -> inf
+      _record("b", "w", 0, [10, 20, 30], [0.3, 0.3, 0.3]),   # never
+  ]
+  times = suite.times_to_target(records, {"w": 0.25})
+  assert times == {"a": {"w": 30}, "b": {"w": math.inf}}  # median of [10, 30, inf]
+  seconds = suite.times_to_target(records, {"w": 0.25}, "seconds")
+  assert seconds["a"]["w"] == pytest.approx(0.3)
+  with pytest.raises(UserError, match="'flops'"):
+    suite.times_to_target(records, {"w": 0.25}, "flops")
+
+
+def test_best_metrics_ignores_nan():
+  records = [_record("a", "w", 0, [1, 2], [0.4, math.nan]), _record("a", "w", 1, [1, 2],
+                                                                    [0.3, 0.35])]
+  assert suite.best_metrics(records) == {"w": {"a": 0.3}}
+
+
+def test_study_trials_and_budgets():
+  sub = submission.from_zoo("lion")
+  drawn = suite.study_trials(sub, "external", 2, 5)
+  assert drawn == search.sample(sub.search_space, 5, seed=2)
+  assert suite.study_trials(sub, "self", 0, 5) == [
+      {k: float(sub.defaults[k]) for k in sub.search_space}]
+  w = workloads.get("digits_mlp")
+  assert suite.budget(w, "external", 0.5) == w.num_steps // 2
+  assert suite.budget(w, "self", 1.0) == 3 * w.num_steps
+
+
+def test_bad_arguments_are_named(tmp_path):
+  with pytest.raises(UserError, match="--ruleset='open'"):
+    suite.run(["digits_mlp"], ["adamw"], "open", 2, 1, str(tmp_path))
+  with pytest.raises(UserError, match="unknown optimizer 'adamq'"):
+    suite.run(["digits_mlp"], ["adamq"], "external", 2, 1, str(tmp_path))
+  with pytest.raises(UserError, match="--trials and --studies must be >= 1"):
+    suite.run(["digits_mlp"], ["adamw"], "external", 0, 1, str(tmp_path))
