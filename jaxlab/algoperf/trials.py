@@ -56,22 +56,24 @@ def run_trials(wd: WorkloadData, submission: Submission, trials: list[dict], see
   if vmapped is None:
     vmapped = not (wd.convolves and jax.default_backend() == "cpu")
   groups = [list(range(len(trials)))] if vmapped else [[k] for k in range(len(trials))]
+  num_steps = len(jax.tree.leaves(wd.train_batches)[0])
+  unroll = wd.convolves and jax.default_backend() == "cpu"
+  programs = _programs(wd, submission, num_steps, unroll)  # compiled once for every group
   out: list[dict] = [{} for _ in trials]
   for group in groups:
-    for k, result in zip(group, _run_group(wd, submission, [trials[k] for k in group],
+    for k, result in zip(group, _run_group(wd, programs, unroll, [trials[k] for k in group],
                                            [seeds[k] for k in group])):
       out[k] = {**result, "vmapped": vmapped}
   return out
 
 
-def _run_group(wd: WorkloadData, submission: Submission, trials: list[dict],
+def _run_group(wd: WorkloadData, programs: tuple, unroll: bool, trials: list[dict],
                seeds: list[int]) -> list[dict]:
   batches = wd.train_batches
   num_steps = len(jax.tree.leaves(batches)[0])
   every = min(wd.workload.eval_every, num_steps)
-  unroll = wd.convolves and jax.default_backend() == "cpu"
   chunk = CONV_CHUNK if unroll else every
-  init, advance, evaluate = _programs(wd, submission, num_steps, unroll)
+  init, advance, evaluate = programs
   hp, seeds = _split_over_devices(stack_hparams(trials), np.asarray(seeds, np.uint32))
   t = time.perf_counter()
   carry = init(hp, seeds)
