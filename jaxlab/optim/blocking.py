@@ -9,9 +9,11 @@ optimizers: padded rows / columns of a block add zero rows / columns to its stat
 """
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 matmul = lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
@@ -44,3 +46,36 @@ def from_blocks(b: jax.Array, m: int, n: int) -> jax.Array:
 def t(x: jax.Array) -> jax.Array:
   """Transpose of the last two axes."""
   return jnp.swapaxes(x, -1, -2)
+
+
+class Factors(NamedTuple):
+  """A matrix leaf's block statistics and their per-block bases: L [nr, nc, br, br] and R
+  [nr, nc, bc, bc] (zeros at init), q_l and q_r (identities at init; Shampoo keeps inverse
+  roots there, SOAP eigenbases)."""
+  l: jax.Array
+  r: jax.Array
+  q_l: jax.Array
+  q_r: jax.Array
+
+
+def init_factors(shape, dtype, block_size: int) -> Factors | None:
+  """Initial Factors of a leaf of `shape`; None for vectors and scalars (no preconditioner)."""
+  if matrix_shape(shape) is None:
+    return None
+  nr, nc, br, bc = grid(*matrix_shape(shape), block_size)
+  eye = lambda k: jnp.broadcast_to(jnp.eye(k, dtype=dtype), (nr, nc, k, k))
+  return Factors(jnp.zeros((nr, nc, br, br), dtype), jnp.zeros((nr, nc, bc, bc), dtype), eye(br),
+                 eye(bc))
+
+
+def state_dtype(p: jax.Array):
+  """Optimizer statistics are kept in at least float32."""
+  return jnp.promote_types(p.dtype, jnp.float32)
+
+
+def step_terms(count: jax.Array, b1, b2, precondition_every: int):
+  """(the incremented count, whether this step recomputes the bases (count before it a multiple
+  of precondition_every), 1 - b1^t, 1 - b2^t) for the step after `count`."""
+  t_new = optax.safe_int32_increment(count)
+  steps = t_new.astype(jnp.float32)
+  return t_new, count % precondition_every == 0, 1 - b1 ** steps, 1 - b2 ** steps

@@ -18,7 +18,7 @@ byte (signed codes offset by +8), packed into int8. update(): dequantize -> inne
 quantize; the inner transform never sees codes. Memory: state_bytes.
 """
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp

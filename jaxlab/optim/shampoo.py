@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.optim.blocking import from_blocks, grid, matmul, matrix_shape, t, to_blocks
+from jaxlab.optim.blocking import (from_blocks, init_factors, matmul, matrix_shape, state_dtype,
+                                    step_terms, t, to_blocks)
 
 
 class ShampooLeaf(NamedTuple):
@@ -69,24 +70,16 @@ def scale_by_shampoo(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   """Blocked Shampoo directions with Adam grafting and momentum (module docstring); no -lr."""
 
   def init_leaf(p):
-    dtype = jnp.promote_types(p.dtype, jnp.float32)
-    zeros = jnp.zeros(p.shape, dtype)
-    if matrix_shape(p.shape) is None:
-      return ShampooLeaf(zeros, zeros)
-    nr, nc, br, bc = grid(*matrix_shape(p.shape), block_size)
-    eye = lambda k: jnp.broadcast_to(jnp.eye(k, dtype=dtype), (nr, nc, k, k))
-    return ShampooLeaf(zeros, zeros, jnp.zeros((nr, nc, br, br), dtype),
-                       jnp.zeros((nr, nc, bc, bc), dtype), eye(br), eye(bc))
+    zeros = jnp.zeros(p.shape, state_dtype(p))
+    factors = init_factors(p.shape, zeros.dtype, block_size)
+    return ShampooLeaf(zeros, zeros) if factors is None else ShampooLeaf(zeros, zeros, *factors)
 
   def init(params):
     return ShampooState(jnp.zeros([], jnp.int32), jax.tree.map(init_leaf, params))
 
   def update(updates, state, params=None):
     del params
-    count = optax.safe_int32_increment(state.count)
-    recompute = state.count % precondition_every == 0
-    c1 = 1 - b1 ** count.astype(jnp.float32)
-    c2 = 1 - b2 ** count.astype(jnp.float32)
+    count, recompute, c1, c2 = step_terms(state.count, b1, b2, precondition_every)
 
     def leaf_update(g, s):
       g = g.astype(s.mu.dtype)

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.optim.blocking import from_blocks, grid, matmul, matrix_shape, t, to_blocks
+from jaxlab.optim.blocking import (from_blocks, init_factors, matmul, matrix_shape, state_dtype,
+                                    step_terms, t, to_blocks)
 
 
 class SoapLeaf(NamedTuple):
@@ -59,24 +60,19 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8, block_s
   """Blocked SOAP directions (module docstring), before weight decay and -learning_rate."""
 
   def init_leaf(p):
-    dtype = jnp.promote_types(p.dtype, jnp.float32)
-    zeros = jnp.zeros(p.shape, dtype)
-    if matrix_shape(p.shape) is None:
+    zeros = jnp.zeros(p.shape, state_dtype(p))
+    factors = init_factors(p.shape, zeros.dtype, block_size)
+    if factors is None:
       return SoapLeaf(zeros, zeros)
-    nr, nc, br, bc = grid(*matrix_shape(p.shape), block_size)
-    eye = lambda k: jnp.broadcast_to(jnp.eye(k, dtype=dtype), (nr, nc, k, k))
-    return SoapLeaf(zeros, jnp.zeros((nr, nc, br, bc), dtype), jnp.zeros((nr, nc, br, br), dtype),
-                    jnp.zeros((nr, nc, bc, bc), dtype), eye(br), eye(bc))
+    nu = jnp.zeros(factors.l.shape[:3] + factors.r.shape[-1:], zeros.dtype)  # [nr, nc, br, bc]
+    return SoapLeaf(zeros, nu, *factors)
 
   def init(params):
     return SoapState(jnp.zeros([], jnp.int32), jax.tree.map(init_leaf, params))
 
   def update(updates, state, params=None):
     del params
-    count = optax.safe_int32_increment(state.count)
-    recompute = state.count % precondition_every == 0
-    c1 = 1 - b1 ** count.astype(jnp.float32)
-    c2 = 1 - b2 ** count.astype(jnp.float32)
+    count, recompute, c1, c2 = step_terms(state.count, b1, b2, precondition_every)
 
     def leaf_update(g, s):
       g = g.astype(s.mu.dtype)

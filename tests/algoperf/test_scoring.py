@@ -2,7 +2,6 @@
 checked on hand-made cases and against brute force (counting, a fine numerical integral); the
 score table and the profile figure."""
 
-import itertools
 import math
 
 import numpy as np

@@ -3,21 +3,16 @@
 import math
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from jaxlab.errors import UserError
 from jaxlab.optim import make_optimizer, make_schedule
+from tests.optim.optim_configs import optim_config
 
 
-def cfg(**kw):
-  base = {"name": "adamw", "learning_rate": 1.0, "schedule": "cosine", "warmup_steps": 10,
-          "min_lr_ratio": 0.1, "weight_decay": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
-          "momentum": 0.0, "grad_clip": 0.0}
-  base.update(kw)
-  return ml_collections.ConfigDict(base)
+cfg = optim_config
 
 
 def test_warmup_then_cosine_matches_closed_form():

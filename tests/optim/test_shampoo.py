@@ -6,7 +6,9 @@ import numpy as np
 import optax
 
 from jaxlab.optim.shampoo import shampoo
+from tests.optim.blocked_problem import run, tiny_problem
 
+SHAPES = {"w": (6, 4), "k": (2, 3, 2), "b": (4,)}
 B1, B2, EPS, MATRIX_EPS, WD = 0.9, 0.999, 1e-8, 1e-6, 0.1
 
 
@@ -56,22 +58,6 @@ def reference(params, grads, lrs, block_size, every):
   return out
 
 
-def run(tx, params, grads):
-  state, update, out = tx.init(params), jax.jit(tx.update), []
-  for g in grads:
-    u, state = update(g, state, params)
-    params = optax.apply_updates(params, u)
-    out.append(params)
-  return out
-
-
-def tiny_problem(steps=5, seed=0, dtype=jnp.float32):
-  rng = np.random.default_rng(seed)
-  shapes = {"w": (6, 4), "k": (2, 3, 2), "b": (4,)}
-  params = {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-  grads = [{k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-           for _ in range(steps)]
-  return params, grads
 
 
 def test_matches_numpy_reference_with_blocks_and_schedule():
@@ -82,7 +68,7 @@ def test_matches_numpy_reference_with_blocks_and_schedule():
   tx = shampoo(schedule, B1, B2, EPS, MATRIX_EPS, block_size=3, precondition_every=2,
                weight_decay=WD)
   with jax.enable_x64(True):
-    params, grads = tiny_problem(dtype=jnp.float64)
+    params, grads = tiny_problem(SHAPES, dtype=jnp.float64)
     got = run(tx, params, grads)
   want = reference(params, grads, [float(schedule(i)) for i in range(5)], 3, 2)
   for g, w in zip(got, want):
@@ -92,35 +78,8 @@ def test_matches_numpy_reference_with_blocks_and_schedule():
 
 def test_stale_roots_between_recomputations():
   # precondition_every=3 vs 1 must differ at step 2 (stale roots), agree at step 1.
-  params, grads = tiny_problem(steps=2)
+  params, grads = tiny_problem(SHAPES, steps=2)
   every3 = run(shampoo(0.1, block_size=3, precondition_every=3), params, grads)
   every1 = run(shampoo(0.1, block_size=3, precondition_every=1), params, grads)
   np.testing.assert_allclose(every3[0]["w"], every1[0]["w"], rtol=1e-6)
   assert np.max(np.abs(every3[1]["w"] - every1[1]["w"])) > 1e-4
-
-
-def test_vector_leaf_is_adamw():
-  params, grads = tiny_problem()
-  got = run(shampoo(0.05, weight_decay=WD, block_size=3, precondition_every=2), params, grads)
-  want = run(optax.adamw(0.05, B1, B2, EPS, weight_decay=WD), params, grads)
-  for g, w in zip(got, want):
-    np.testing.assert_allclose(g["b"], w["b"], rtol=1e-6, atol=1e-7)
-
-
-def test_reduces_least_squares_loss():
-  rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(64, 8)) * np.geomspace(1, 10, 8), jnp.float32)  # ill-conditioned
-  y = x @ jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
-  loss = lambda p: jnp.mean(jnp.square(x @ p["w"] + p["b"] - y))
-  params = {"w": jnp.zeros((8, 4)), "b": jnp.zeros(4)}
-  tx = shampoo(optax.cosine_decay_schedule(0.1, 100), block_size=4, precondition_every=2)
-
-  @jax.jit
-  def step(params, state):
-    u, state = tx.update(jax.grad(loss)(params), state, params)
-    return optax.apply_updates(params, u), state
-
-  state, start = tx.init(params), float(loss(params))
-  for _ in range(100):
-    params, state = step(params, state)
-  assert float(loss(params)) < 1e-2 * start, (float(loss(params)), start)

@@ -1,12 +1,12 @@
 """SOAP against a plain-numpy loop over blocks (float64) of Vyas et al. (2024)'s Algorithm 3."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxlab.optim.soap import soap
+from tests.optim.blocked_problem import run, tiny_problem
 
+SHAPES = {"w": (6, 4), "p": (5, 3), "b": (4,)}
 B1, B2, EPS, WD = 0.95, 0.95, 1e-8, 0.1
 
 
@@ -46,29 +46,13 @@ def reference(params, grads, lr, block_size, every):
   return out
 
 
-def run(tx, params, grads):
-  state, update, out = tx.init(params), jax.jit(tx.update), []
-  for g in grads:
-    u, state = update(g, state, params)
-    params = optax.apply_updates(params, u)
-    out.append(params)
-  return out
-
-
-def tiny_problem(steps=5, seed=0, dtype=jnp.float32):
-  rng = np.random.default_rng(seed)
-  shapes = {"w": (6, 4), "p": (5, 3), "b": (4,)}
-  params = {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-  grads = [{k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-           for _ in range(steps)]
-  return params, grads
 
 
 def test_matches_numpy_reference_with_blocks():
   # block_size 2: w [6, 4] -> 3 x 2 blocks of 2x2; p [5, 3] -> 3 x 2 blocks, the edge ones
   # zero-padded (2x1, 1x2, 1x1 real). The eigenvectors' signs (numpy vs jax) cancel in
   # Q (M' / sqrt(V)) Q^T; their order (decreasing eigenvalue) must match.
-  params, grads = tiny_problem()
+  params, grads = tiny_problem(SHAPES)
   tx = soap(0.1, B1, B2, EPS, block_size=2, precondition_every=2, weight_decay=WD)
   got = run(tx, params, grads)
   want = reference(params, grads, 0.1, 2, 2)
@@ -80,7 +64,7 @@ def test_matches_numpy_reference_with_blocks():
 def test_basis_changes_only_every_precondition_every_steps():
   # Step 1 is Adam (identity basis); step 2 uses L_1's basis for any k (bases are recomputed
   # after steps 1, 1 + k, ...); step 3 uses L_2's basis for k = 1 but still L_1's for k = 3.
-  params, grads = tiny_problem(steps=3)
+  params, grads = tiny_problem(SHAPES, steps=3)
   every1 = run(soap(0.1, block_size=2, precondition_every=1), params, grads)
   every3 = run(soap(0.1, block_size=2, precondition_every=3), params, grads)
   adam = run(optax.adam(0.1, 0.95, 0.95), params, grads)
@@ -88,30 +72,3 @@ def test_basis_changes_only_every_precondition_every_steps():
   np.testing.assert_allclose(every3[1]["w"], every1[1]["w"], rtol=1e-6)
   assert not np.allclose(every3[1]["w"], adam[1]["w"], atol=1e-3)
   assert np.max(np.abs(every3[2]["w"] - every1[2]["w"])) > 1e-3
-
-
-def test_vector_leaf_is_adamw():
-  params, grads = tiny_problem()
-  got = run(soap(0.05, weight_decay=WD, block_size=2, precondition_every=2), params, grads)
-  want = run(optax.adamw(0.05, B1, B2, EPS, weight_decay=WD), params, grads)
-  for g, w in zip(got, want):
-    np.testing.assert_allclose(g["b"], w["b"], rtol=1e-6, atol=1e-7)
-
-
-def test_reduces_least_squares_loss():
-  rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(64, 8)) * np.geomspace(1, 10, 8), jnp.float32)  # ill-conditioned
-  y = x @ jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
-  loss = lambda p: jnp.mean(jnp.square(x @ p["w"] + p["b"] - y))
-  params = {"w": jnp.zeros((8, 4)), "b": jnp.zeros(4)}
-  tx = soap(optax.cosine_decay_schedule(0.1, 100), block_size=4, precondition_every=2)
-
-  @jax.jit
-  def step(params, state):
-    u, state = tx.update(jax.grad(loss)(params), state, params)
-    return optax.apply_updates(params, u), state
-
-  state, start = tx.init(params), float(loss(params))
-  for _ in range(100):
-    params, state = step(params, state)
-  assert float(loss(params)) < 1e-2 * start, (float(loss(params)), start)

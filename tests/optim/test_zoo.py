@@ -7,7 +7,6 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -20,6 +19,7 @@ from jaxlab.optim import make_optimizer, zoo
 from jaxlab.train import core
 from jaxlab.train.init import build_model, dummy_input, make_tx, param_info_of
 from jaxlab.optim.adam_atan2 import adam_atan2
+from tests.optim.optim_configs import optim_config
 
 LR = 0.1
 PARAMS = {"w": np.linspace(-1.0, 1.0, 12).reshape(4, 3), "b": np.array([0.5, -0.25, 1.0])}
@@ -178,11 +178,9 @@ def test_search_space_is_well_formed(name):
 
 
 def optim_cfg(**kw):
-  base = {"name": "lamb", "learning_rate": 0.1, "schedule": "constant", "warmup_steps": 0,
-          "min_lr_ratio": 0.0, "weight_decay": 0.1, "b1": 0.8, "b2": 0.99, "eps": 1e-3,
-          "momentum": 0.9, "grad_clip": 0.0}
-  base.update(kw)
-  return ml_collections.ConfigDict(base)
+  return optim_config(**{"name": "lamb", "learning_rate": 0.1, "schedule": "constant",
+                         "warmup_steps": 0, "min_lr_ratio": 0.0, "weight_decay": 0.1, "b1": 0.8,
+                         "b2": 0.99, "eps": 1e-3, "momentum": 0.9, **kw})
 
 
 def test_make_optimizer_builds_a_zoo_optimizer_from_the_config():
