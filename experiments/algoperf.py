@@ -3,6 +3,8 @@ r"""Training-algorithm benchmark under AlgoPerf's rules (jaxlab.algoperf), at CP
   python -m experiments.algoperf --workdir=/tmp/algoperf \
       --algorithms=adamw,nadamw,sgd_nesterov,lamb,lars,lion --trials=8 --studies=1
   python -m experiments.algoperf --workdir=/tmp/algoperf --ruleset=self   # no tuning, 3x budget
+  python -m experiments.algoperf --workdir=/tmp/algoperf_b4 --batch_scale=4 --confirm_seeds=5 \
+      --workloads=mnist5k_resnet,shakespeare_lm --algorithms=sgd_nesterov,adamw,lars,lamb
 
 Every (workload, algorithm, study) is tuned with --trials quasi-random points of the
 algorithm's search space (jaxlab.optim.zoo + a warmup fraction), vmapped in one program where
@@ -11,7 +13,8 @@ study<s>_trial<k>.json as soon as it is done, so a killed run restarts at the ne
 trial. Then it scores what the workdir holds: time to each workload's validation target
 (optimizer steps, and training seconds), performance profiles and AlgoPerf's benchmark score
 (area under the profile up to --r_max), written as scores.json, scores.md and profiles.png
-(steps) / profiles_seconds.png.
+(steps) / profiles_seconds.png. --confirm_seeds reruns each best trial with new seeds (the
+large-batch reality check of Nado et al. 2021 reports intervals over seeds).
 """
 
 import json
@@ -43,6 +46,8 @@ _BATCH = flags.DEFINE_integer("batch_scale", 1, "multiplies every workload's bat
                               "(the large-batch study)")
 _R_MAX = flags.DEFINE_float("r_max", 4.0, "performance profiles are integrated up to this ratio")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (default $TFDS_DATA_DIR)")
+_CONFIRM = flags.DEFINE_integer("confirm_seeds", 0, "if > 0: rerun each (workload, algorithm)'s "
+                                "best trial with this many new seeds, for intervals over seeds")
 _SCORE_ONLY = flags.DEFINE_bool("score_only", False, "score the trials in workdir, train none")
 flags.mark_flags_as_required(["workdir"])
 
@@ -73,6 +78,9 @@ def score(workdir: str, ruleset: str, workload_names: list[str], algorithms: lis
                   + scoring.score_table(times, ratios, scores, unit=measure))
     name = "profiles.png" if measure == "steps" else f"profiles_{measure}.png"
     plots.save_png(scoring.profile_figure(ratios, r_max), os.path.join(workdir, name))
+  confirmed = confirm_table(workdir, ruleset, workload_names, algorithms)
+  if confirmed:
+    tables.append(confirmed)
   with open(os.path.join(workdir, "scores.json"), "w") as f:
     json.dump(out, f, indent=1, default=_json_number)
   with open(os.path.join(workdir, "scores.md"), "w") as f:
@@ -85,6 +93,29 @@ def score(workdir: str, ruleset: str, workload_names: list[str], algorithms: lis
   return out
 
 
+def confirm_table(workdir: str, ruleset: str, workload_names: list[str],
+                  algorithms: list[str]) -> str:
+  """Markdown: steps to target of each best trial rerun over seeds, mean [min, max] and how
+  many seeds reached it ('' without confirm runs)."""
+  rows = []
+  for w in workload_names:
+    for a in algorithms:
+      path = os.path.join(workdir, "confirm", ruleset, w, f"{a}.json")
+      if not os.path.exists(path):
+        continue
+      with open(path) as f:
+        steps = json.load(f)["steps_to_target"]
+      reached = [t for t in steps if np.isfinite(t)]
+      cell = (f"{np.mean(reached):.0f} [{min(reached):.0f}, {max(reached):.0f}]" if reached
+              else "-")
+      rows.append(f"| {w} | {a} | {cell} | {len(reached)}/{len(steps)} |")
+  if not rows:
+    return ""
+  return ("### Best trial rerun over seeds: steps to target\n\n"
+          "| workload | algorithm | steps, mean [min, max] of the seeds that reach it | reached |\n"
+          "|---|---|---|---|\n" + "\n".join(rows))
+
+
 def _json_number(x):
   return float(x) if isinstance(x, (np.floating, float)) else str(x)
 
@@ -95,6 +126,9 @@ def main(argv):
   if not _SCORE_ONLY.value:
     suite.run(_WORKLOADS.value, _ALGORITHMS.value, _RULESET.value, _TRIALS.value,
               _STUDIES.value, _WORKDIR.value, _DATA_DIR.value, _BUDGET.value, _BATCH.value)
+    if _CONFIRM.value:
+      suite.confirm(_WORKLOADS.value, _ALGORITHMS.value, _RULESET.value, _CONFIRM.value,
+                    _WORKDIR.value, _DATA_DIR.value, _BUDGET.value, _BATCH.value)
   score(_WORKDIR.value, _RULESET.value, _WORKLOADS.value, _ALGORITHMS.value, _R_MAX.value)
 
 
