@@ -44,6 +44,8 @@ _BUDGET = flags.DEFINE_float("budget_scale", 1.0, "multiplies every workload's s
                              "keeps its evaluation interval)")
 _BATCH = flags.DEFINE_integer("batch_scale", 1, "multiplies every workload's batch size "
                               "(the large-batch study)")
+_CLIP = flags.DEFINE_float("grad_clip", 0.0, "> 0: every algorithm clips gradients to this "
+                           "global norm first (0: none, as AlgoPerf's NAdamW baseline)")
 _R_MAX = flags.DEFINE_float("r_max", 4.0, "performance profiles are integrated up to this ratio")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (default $TFDS_DATA_DIR)")
 _CONFIRM = flags.DEFINE_integer("confirm_seeds", 0, "if > 0: rerun each (workload, algorithm)'s "
@@ -125,10 +127,11 @@ def main(argv):
   cpu_devices_flag.apply()
   if not _SCORE_ONLY.value:
     suite.run(_WORKLOADS.value, _ALGORITHMS.value, _RULESET.value, _TRIALS.value,
-              _STUDIES.value, _WORKDIR.value, _DATA_DIR.value, _BUDGET.value, _BATCH.value)
+              _STUDIES.value, _WORKDIR.value, _DATA_DIR.value, _BUDGET.value, _BATCH.value,
+              _CLIP.value)
     if _CONFIRM.value:
       suite.confirm(_WORKLOADS.value, _ALGORITHMS.value, _RULESET.value, _CONFIRM.value,
-                    _WORKDIR.value, _DATA_DIR.value, _BUDGET.value, _BATCH.value)
+                    _WORKDIR.value, _DATA_DIR.value, _BUDGET.value, _BATCH.value, _CLIP.value)
   score(_WORKDIR.value, _RULESET.value, _WORKLOADS.value, _ALGORITHMS.value, _R_MAX.value)
 
 

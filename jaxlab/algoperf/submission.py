@@ -61,6 +61,7 @@ class Submission:
   search_space: dict
   defaults: dict
   schedule: str = "warmup_cosine"
+  grad_clip: float = 0.0  # > 0: gradients clipped to this global norm first (part of the algorithm)
 
   def make(self, hparams: dict, num_steps: int) -> optax.GradientTransformation:
     """The transform of one trial: hparams holds every searched name (floats or traced
@@ -72,20 +73,24 @@ class Submission:
     hp = {**self.defaults, **hparams}
     lr = warmup_schedule(hp.pop("learning_rate"), hp.pop("warmup_fraction"), num_steps,
                          self.schedule)
+    if self.grad_clip > 0:
+      return optax.chain(optax.clip_by_global_norm(self.grad_clip), self.update(lr, **hp))
     return self.update(lr, **hp)
 
   def eval_params(self, params: Any, opt_state: Any) -> Any:
     return zoo.eval_params(self.name, params, opt_state)
 
 
-def from_zoo(name: str) -> Submission:
+def from_zoo(name: str, grad_clip: float = 0.0) -> Submission:
   """The zoo's optimizer `name` as a submission: its search space plus warmup_fraction; its
-  defaults plus DEFAULT_LR and a 5% warmup for self-tuning."""
+  defaults plus DEFAULT_LR and a 5% warmup for self-tuning; grad_clip > 0 clips first."""
   algo = zoo.get(name)
   schedule = "warmup_constant" if name == "schedule_free_adamw" else "warmup_cosine"
   defaults = {**algo.defaults, "learning_rate": DEFAULT_LR[name], "warmup_fraction": 0.05}
+  if grad_clip < 0:
+    raise UserError(f"--grad_clip={grad_clip}: valid: 0 (no clipping) or a positive norm")
   return Submission(name, algo.make, {**algo.search_space, "warmup_fraction": WARMUP},
-                    defaults, schedule)
+                    defaults, schedule, grad_clip)
 
 
 def stack_hparams(trials: list[dict]) -> dict[str, jax.Array]:

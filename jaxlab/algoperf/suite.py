@@ -36,9 +36,26 @@ def study_trials(sub: submission_lib.Submission, ruleset: str, study: int,
   return search.sample(sub.search_space, num_trials, seed=study)
 
 
+def check_settings(workdir: str, settings: dict) -> None:
+  """Writes workdir/suite.json with the settings that change what a trial means (budget, batch,
+  clipping) on the first run; a later run with other settings is a UserError, so a resumed
+  workdir never mixes trials of different setups."""
+  path = os.path.join(workdir, "suite.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+    if changed:
+      raise UserError(f"{workdir} holds trials run with other settings (before, now): {changed};"
+                      " use another --workdir")
+  else:
+    _write_json(path, settings)
+
+
 def run(workload_names: list[str], algorithms: list[str], ruleset: str, num_trials: int,
         num_studies: int, workdir: str, data_dir: str = "", budget_scale: float = 1.0,
-        batch_scale: int = 1, log: Callable[[str], None] = print) -> None:
+        batch_scale: int = 1, grad_clip: float = 0.0,
+        log: Callable[[str], None] = print) -> None:
   """Trains every trial without a JSON in workdir; the trials still to run of one study are
   vmapped together where the model allows (jaxlab.algoperf.trials)."""
   if ruleset not in RULESETS:
@@ -46,8 +63,10 @@ def run(workload_names: list[str], algorithms: list[str], ruleset: str, num_tria
   if num_trials < 1 or num_studies < 1 or budget_scale <= 0 or batch_scale < 1:
     raise UserError("--trials and --studies must be >= 1, --budget_scale > 0, --batch_scale >= 1"
                     f" (got {num_trials}, {num_studies}, {budget_scale}, {batch_scale})")
-  subs = [submission_lib.from_zoo(a) for a in algorithms]  # unknown names fail before training
+  subs = [submission_lib.from_zoo(a, grad_clip) for a in algorithms]  # bad names fail first
   loads = [workloads_lib.get(w) for w in workload_names]
+  check_settings(workdir, {"budget_scale": budget_scale, "batch_scale": batch_scale,
+                           "grad_clip": grad_clip})
   for workload in loads:
     steps = budget(workload, ruleset, budget_scale)
     data = None
@@ -87,7 +106,7 @@ def best_trial(records: list[dict], target: float) -> dict:
 
 def confirm(workload_names: list[str], algorithms: list[str], ruleset: str, num_seeds: int,
             workdir: str, data_dir: str = "", budget_scale: float = 1.0, batch_scale: int = 1,
-            log: Callable[[str], None] = print) -> None:
+            grad_clip: float = 0.0, log: Callable[[str], None] = print) -> None:
   """Reruns each (workload, algorithm)'s best trial with num_seeds fresh init seeds (vmapped
   where the model allows), for intervals over seeds (Nado et al. 2021 report them); writes
   workdir/confirm/<ruleset>/<workload>/<algorithm>.json unless it exists."""
@@ -106,7 +125,7 @@ def confirm(workload_names: list[str], algorithms: list[str], ruleset: str, num_
                                   num_steps=budget(workload, ruleset, budget_scale),
                                   batch_size=_batch(workload, data_dir, batch_scale))
       seeds = [10_000 + i for i in range(num_seeds)]
-      runs = trials_lib.run_trials(data, submission_lib.from_zoo(algorithm),
+      runs = trials_lib.run_trials(data, submission_lib.from_zoo(algorithm, grad_clip),
                                    [best["hparams"]] * num_seeds, seeds)
       steps = [scoring.time_to_target(r["eval_steps"], r["eval_metric"], workload.target)
                for r in runs]

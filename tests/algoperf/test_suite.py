@@ -53,3 +53,26 @@ def test_bad_arguments_are_named(tmp_path):
     suite.run(["digits_mlp"], ["adamq"], "external", 2, 1, str(tmp_path))
   with pytest.raises(UserError, match="--trials and --studies must be >= 1"):
     suite.run(["digits_mlp"], ["adamw"], "external", 0, 1, str(tmp_path))
+
+
+def test_a_workdir_refuses_other_settings(tmp_path):
+  suite.check_settings(str(tmp_path), {"budget_scale": 1.0, "batch_scale": 1, "grad_clip": 0.0})
+  suite.check_settings(str(tmp_path), {"budget_scale": 1.0, "batch_scale": 1, "grad_clip": 0.0})
+  with pytest.raises(UserError, match=r"'batch_scale': \(1, 4\).*another --workdir"):
+    suite.check_settings(str(tmp_path), {"budget_scale": 1.0, "batch_scale": 4, "grad_clip": 0.0})
+
+
+def test_grad_clip_clips_before_the_update():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  hp = {"learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_fraction": 0.0}
+  params = {"w": jnp.zeros(4)}
+  grads = {"w": jnp.asarray([3.0, 4.0, 0.0, 0.0])}  # global norm 5
+  for clip, want in ((0.0, [-3.0, -4.0]), (1.0, [-0.6, -0.8]), (10.0, [-3.0, -4.0])):
+    tx = submission.from_zoo("sgd_nesterov", grad_clip=clip).make(hp, 10)
+    # step 0 of the schedule: warmup of max(0 * 10, 1) step -> lr 0; step 1 -> the peak
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params)
+    u, _ = tx.update(grads, state, params)
+    assert jnp.allclose(u["w"][:2], jnp.asarray(want), atol=1e-6), (clip, u)
+  with pytest.raises(UserError, match="--grad_clip=-1"):
+    submission.from_zoo("adamw", grad_clip=-1.0)
