@@ -64,7 +64,8 @@ def score(workdir: str, ruleset: str, workload_names: list[str], algorithms: lis
     raise UserError(f"no trials of {workload_names} x {algorithms} in {workdir}/trials/{ruleset}")
   targets = {w: workloads.get(w).target for w in workload_names}
   out = {"ruleset": ruleset, "targets": targets, "r_max": r_max,
-         "best_metric": suite.best_metrics(records), "trials": len(records)}
+         "best_metric": suite.best_metrics(records), "trials": len(records),
+         "calibrated_targets": suite.calibrated_targets(records)}
   tables = []
   for measure in suite.MEASURES:
     times = suite.times_to_target(records, targets, measure)
@@ -92,6 +93,9 @@ def score(workdir: str, ruleset: str, workload_names: list[str], algorithms: lis
         + ", ".join(f"{w} {t}" for w, t in targets.items()) + "):")
   for w, row in out["best_metric"].items():
     print(f"  {w}: " + ", ".join(f"{a} {v:.4f}" for a, v in sorted(row.items())))
+  if out["calibrated_targets"]:
+    print("targets these trials' baselines would set (median of their best x slack): "
+          + ", ".join(f"{w} {t:.4g}" for w, t in out["calibrated_targets"].items()))
   return out
 
 

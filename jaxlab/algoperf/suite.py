@@ -187,6 +187,22 @@ def times_to_target(records: list[dict], targets: dict[str, float],
   return times
 
 
+BASELINES = ("adamw", "nadamw", "sgd_nesterov")
+
+
+def calibrated_targets(records: list[dict], baselines=BASELINES) -> dict[str, float]:
+  """target[workload] = relaxed_target(median over the baselines present of their best
+  validation metric): how the workloads' targets were set (workloads module docstring)."""
+  best = best_metrics(records)
+  metric = {r["workload"]: r["metric"] for r in records}
+  out = {}
+  for workload, row in best.items():
+    values = [row[b] for b in baselines if b in row]
+    if values:
+      out[workload] = workloads_lib.relaxed_target(metric[workload], float(np.median(values)))
+  return out
+
+
 def best_metrics(records: list[dict]) -> dict[str, dict[str, float]]:
   """best[workload][algorithm]: the lowest validation metric any trial reached."""
   best: dict[str, dict[str, float]] = {}

@@ -3,10 +3,12 @@
 
 A workload is AlgoPerf's interface (Dahl et al. 2023, Sec. 3): the submission sees only its
 loss and gradients; the benchmark evaluates the validation metric every `eval_every` steps and
-records when it first reaches `target`. Targets follow AlgoPerf's recipe at this scale: the
-best validation metric the tuned baselines (AdamW, NAdamW, SGD + Nesterov; 8 quasi-random
-trials each) reached within the budget, relaxed by TARGET_SLACK so that well-tuned runs of
-other seeds reach it too (docs/results/algoperf.md gives the command and the numbers).
+records when it first reaches `target`. Targets follow AlgoPerf's recipe at this scale, from the
+tuned baselines (AdamW, NAdamW, SGD + Nesterov; 8 quasi-random trials each): the median over
+the three of the best validation metric each reached within the budget, relaxed by
+TARGET_SLACK (`suite.calibrated_targets`). AlgoPerf takes the best baseline; with one 8-trial
+study per baseline that single trial is noisy, and the median keeps a target at least two
+baselines reach (docs/results/algoperf.md gives the command and the numbers).
 """
 
 import dataclasses

@@ -76,3 +76,11 @@ def test_grad_clip_clips_before_the_update():
     assert jnp.allclose(u["w"][:2], jnp.asarray(want), atol=1e-6), (clip, u)
   with pytest.raises(UserError, match="--grad_clip=-1"):
     submission.from_zoo("adamw", grad_clip=-1.0)
+
+
+def test_calibrated_targets_take_the_median_baseline():
+  records = [dict(_record(a, "w", 0, [1], [v]), metric="error_rate")
+             for a, v in (("adamw", 0.10), ("nadamw", 0.20), ("sgd_nesterov", 0.90),
+                          ("lion", 0.01))]  # lion is not a baseline
+  got = suite.calibrated_targets(records)
+  assert got == {"w": pytest.approx(0.20 * workloads.TARGET_SLACK["error_rate"])}
