@@ -10,15 +10,12 @@ from jaxlab import models
 from jaxlab.analysis import make_sweep
 from jaxlab.analysis.sweep_schedule import run_sweep
 from jaxlab.train import tasks
+from tests.random_data import classification_batches
 
 
 @pytest.fixture(scope="module")
 def setup():
-  rng = np.random.default_rng(0)
-  train = {"image": rng.normal(size=(23, 16, 12)).astype(np.float32),
-           "label": rng.integers(0, 4, size=(23, 16)).astype(np.int32)}
-  evals = {"image": rng.normal(size=(32, 12)).astype(np.float32),
-           "label": rng.integers(0, 4, size=(32,)).astype(np.int32)}
+  train, evals = classification_batches(steps=23, batch=16, features=12, classes=4)
   model = models.MLP(hidden_widths=(16,), num_classes=4)
   lrs, seeds = [1e-3, 3e-3, 1e-2, 1e-1], [0, 1]  # auto: 2 alone, 2 predicted
   ref = make_sweep(model, optax.adam, tasks.CLASSIFICATION)(
@@ -65,11 +62,8 @@ from jaxlab import models
 from jaxlab.analysis.lr_sweep import lr_mesh, make_sweep
 from jaxlab.analysis.sweep_schedule import run_sweep
 from jaxlab.train import tasks
-rng = np.random.default_rng(0)
-train = {"image": rng.normal(size=(9, 16, 12)).astype(np.float32),
-         "label": rng.integers(0, 4, size=(9, 16)).astype(np.int32)}
-evals = {"image": rng.normal(size=(32, 12)).astype(np.float32),
-         "label": rng.integers(0, 4, size=(32,)).astype(np.int32)}
+from tests.random_data import classification_batches
+train, evals = classification_batches(steps=9, batch=16, features=12, classes=4)
 model = models.MLP(hidden_widths=(16,), num_classes=4)
 lrs = [1e-3, 2e-3, 3e-3, 6e-3, 1e-2, 2e-2, 3e-2, 1e-1]  # auto: 2 chunks of 2 alone, 2 predicted
 ref = make_sweep(model, optax.adam, tasks.CLASSIFICATION)(np.float32(lrs), np.uint32([0]),

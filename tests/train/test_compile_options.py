@@ -10,6 +10,7 @@ import optax
 from jaxlab import models
 from jaxlab.analysis.lr_sweep import make_sweep
 from jaxlab.train import compile_options, tasks
+from tests.random_data import classification_batches
 
 
 def test_only_for_cpu_devices():
@@ -19,11 +20,7 @@ def test_only_for_cpu_devices():
 
 
 def test_sweep_compiled_either_way_gives_the_same_losses():
-  rng = np.random.default_rng(0)
-  train = {"image": rng.normal(size=(12, 16, 20)).astype(np.float32),
-           "label": rng.integers(0, 5, size=(12, 16)).astype(np.int32)}
-  evals = {"image": rng.normal(size=(32, 20)).astype(np.float32),
-           "label": rng.integers(0, 5, size=(32,)).astype(np.int32)}
+  train, evals = classification_batches(steps=12, batch=16, features=20, classes=5)
   sweep = make_sweep(models.MLP(hidden_widths=(32,), num_classes=5), optax.adam,
                      tasks.CLASSIFICATION)
   args = (np.float32([1e-3, 1e-2]), np.uint32([0]), train, evals)
