@@ -150,7 +150,7 @@ def score_table(times: Mapping[str, Mapping[str, float]],
     cells = []
     for w in workloads:
       t, r = times[algorithm][w], ratios[algorithm][w]
-      cells.append(f"{t:.6g} ({r:.2f})" if math.isfinite(t) and math.isfinite(r)
+      cells.append(f"{t:.4g} ({r:.2f})" if math.isfinite(t) and math.isfinite(r)
                    else "-")
     lines.append(f"| {algorithm} | {scores[algorithm]:.3f} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
