@@ -110,16 +110,12 @@ def confirm_table(workdir: str, ruleset: str, workload_names: list[str],
       if not os.path.exists(path):
         continue
       with open(path) as f:
-        steps = json.load(f)["steps_to_target"]
-      reached = [t for t in steps if np.isfinite(t)]
-      cell = (f"{np.mean(reached):.0f} [{min(reached):.0f}, {max(reached):.0f}]" if reached
-              else "-")
-      rows.append(f"| {w} | {a} | {cell} | {len(reached)}/{len(steps)} |")
+        rows.append(f"| {w} | {a} | {suite.seed_interval(json.load(f)['steps_to_target'])} |")
   if not rows:
     return ""
   return ("### Best trial rerun over seeds: steps to target\n\n"
-          "| workload | algorithm | steps, mean [min, max] of the seeds that reach it | reached |\n"
-          "|---|---|---|---|\n" + "\n".join(rows))
+          "| workload | algorithm | steps, mean [min, max] of the seeds that reach it |\n"
+          "|---|---|---|\n" + "\n".join(rows))
 
 
 def _json_number(x):

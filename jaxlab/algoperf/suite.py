@@ -133,10 +133,17 @@ def confirm(workload_names: list[str], algorithms: list[str], ruleset: str, num_
                          "target": workload.target, "best_trial": best["trial"],
                          "study": best["study"], "hparams": best["hparams"],
                          "steps_to_target": steps, "runs": runs})
-      reached = [t for t in steps if np.isfinite(t)]
-      log(f"{name} {algorithm}: best trial's hparams, {num_seeds} seeds: {len(reached)} reach "
-          f"the target" + (f", steps {np.mean(reached):.0f} [{min(reached):.0f}, "
-                           f"{max(reached):.0f}]" if reached else ""))
+      log(f"{name} {algorithm}: best trial's hparams, {num_seeds} seeds: steps to target "
+          f"{seed_interval(steps)}")
+
+
+def seed_interval(steps: list[float]) -> str:
+  """'mean [min, max] (k/n reached)' of the seeds' steps to target that are finite; '- (0/n
+  reached)' when none is."""
+  reached = [t for t in steps if np.isfinite(t)]
+  spread = (f"{np.mean(reached):.0f} [{min(reached):.0f}, {max(reached):.0f}]" if reached
+            else "-")
+  return f"{spread} ({len(reached)}/{len(steps)} reached)"
 
 
 def budget(workload: workloads_lib.Workload, ruleset: str, budget_scale: float) -> int:

@@ -20,8 +20,6 @@ from jaxlab.algoperf.submission import Submission, stack_hparams
 from jaxlab.algoperf.workloads import WorkloadData, validation_metric
 from jaxlab.train import core, step_loops
 
-CONV_CHUNK = 5
-
 
 def _programs(wd: WorkloadData, submission: Submission, num_steps: int, unroll: bool):
   """(init, advance, evaluate), each jitted and vmapped over the trials' axis."""
@@ -53,26 +51,27 @@ def run_trials(wd: WorkloadData, submission: Submission, trials: list[dict], see
   trials), vmapped. vmapped=None: vmapped unless the model convolves on CPU."""
   if len(trials) != len(seeds):
     raise ValueError(f"{len(trials)} trials but {len(seeds)} seeds")
+  conv_chunk = step_loops.chunk_for(wd.convolves)  # > 0: conv net on CPU
   if vmapped is None:
-    vmapped = not (wd.convolves and jax.default_backend() == "cpu")
+    vmapped = not conv_chunk
   groups = [list(range(len(trials)))] if vmapped else [[k] for k in range(len(trials))]
   num_steps = len(jax.tree.leaves(wd.train_batches)[0])
-  unroll = wd.convolves and jax.default_backend() == "cpu"
-  programs = _programs(wd, submission, num_steps, unroll)  # compiled once for every group
+  every = min(wd.workload.eval_every, num_steps)
+  # compiled once for every group
+  programs = _programs(wd, submission, num_steps, unroll=conv_chunk > 0)
   out: list[dict] = [{} for _ in trials]
   for group in groups:
-    for k, result in zip(group, _run_group(wd, programs, unroll, [trials[k] for k in group],
+    for k, result in zip(group, _run_group(wd, programs, num_steps, every, conv_chunk or every,
+                                           [trials[k] for k in group],
                                            [seeds[k] for k in group])):
       out[k] = {**result, "vmapped": vmapped}
   return out
 
 
-def _run_group(wd: WorkloadData, programs: tuple, unroll: bool, trials: list[dict],
-               seeds: list[int]) -> list[dict]:
+def _run_group(wd: WorkloadData, programs: tuple, num_steps: int, every: int, chunk: int,
+               trials: list[dict], seeds: list[int]) -> list[dict]:
+  """Trains the group from init, `chunk` steps per call, evaluating every `every` steps."""
   batches = wd.train_batches
-  num_steps = len(jax.tree.leaves(batches)[0])
-  every = min(wd.workload.eval_every, num_steps)
-  chunk = CONV_CHUNK if unroll else every
   init, advance, evaluate = programs
   hp, seeds = _split_over_devices(stack_hparams(trials), np.asarray(seeds, np.uint32))
   t = time.perf_counter()

@@ -72,7 +72,15 @@ def has_convolution(model: nn.Module, example: jax.Array) -> bool:
   return "conv_general_dilated" in str(jaxpr)
 
 
+CONV_CHUNK = 5  # unrolled steps per jitted call for conv nets on CPU
+
+
+def chunk_for(convolves: bool) -> int:
+  """Unrolled steps per call: CONV_CHUNK for a model that convolves, on CPU (see the module
+  docstring), 0 (one lax.scan) otherwise."""
+  return CONV_CHUNK if convolves and jax.default_backend() == "cpu" else 0
+
+
 def default_chunk(model: nn.Module, example: jax.Array) -> int:
-  """Unrolled steps per call for a model's training loop: 5 where it convolves on CPU (see the
-  module docstring), 0 (one lax.scan) otherwise."""
-  return 5 if jax.default_backend() == "cpu" and has_convolution(model, example) else 0
+  """chunk_for(whether `model` convolves on `example`)."""
+  return chunk_for(has_convolution(model, example))
