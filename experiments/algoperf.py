@@ -46,6 +46,8 @@ _BATCH = flags.DEFINE_integer("batch_scale", 1, "multiplies every workload's bat
                               "(the large-batch study)")
 _CLIP = flags.DEFINE_float("grad_clip", 0.0, "> 0: every algorithm clips gradients to this "
                            "global norm first (0: none, as AlgoPerf's NAdamW baseline)")
+_LR_SCALE = flags.DEFINE_float("lr_scale", 1.0, "multiplies both ends of every learning-rate "
+                               "search range (large batches: e.g. sqrt(--batch_scale))")
 _R_MAX = flags.DEFINE_float("r_max", 4.0, "performance profiles are integrated up to this ratio")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (default $TFDS_DATA_DIR)")
 _CONFIRM = flags.DEFINE_integer("confirm_seeds", 0, "if > 0: rerun each (workload, algorithm)'s "
@@ -128,7 +130,7 @@ def main(argv):
   if not _SCORE_ONLY.value:
     suite.run(_WORKLOADS.value, _ALGORITHMS.value, _RULESET.value, _TRIALS.value,
               _STUDIES.value, _WORKDIR.value, _DATA_DIR.value, _BUDGET.value, _BATCH.value,
-              _CLIP.value)
+              _CLIP.value, _LR_SCALE.value)
     if _CONFIRM.value:
       suite.confirm(_WORKLOADS.value, _ALGORITHMS.value, _RULESET.value, _CONFIRM.value,
                     _WORKDIR.value, _DATA_DIR.value, _BUDGET.value, _BATCH.value, _CLIP.value)

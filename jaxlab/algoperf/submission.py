@@ -81,16 +81,23 @@ class Submission:
     return zoo.eval_params(self.name, params, opt_state)
 
 
-def from_zoo(name: str, grad_clip: float = 0.0) -> Submission:
+def from_zoo(name: str, grad_clip: float = 0.0, lr_scale: float = 1.0) -> Submission:
   """The zoo's optimizer `name` as a submission: its search space plus warmup_fraction; its
-  defaults plus DEFAULT_LR and a 5% warmup for self-tuning; grad_clip > 0 clips first."""
+  defaults plus DEFAULT_LR and a 5% warmup for self-tuning; grad_clip > 0 clips first.
+  lr_scale multiplies both ends of the learning-rate search range and the default learning
+  rate (at k times the batch, e.g. sqrt(k): the square-root rule of Malladi et al. 2022)."""
   algo = zoo.get(name)
   schedule = "warmup_constant" if name == "schedule_free_adamw" else "warmup_cosine"
-  defaults = {**algo.defaults, "learning_rate": DEFAULT_LR[name], "warmup_fraction": 0.05}
   if grad_clip < 0:
     raise UserError(f"--grad_clip={grad_clip}: valid: 0 (no clipping) or a positive norm")
-  return Submission(name, algo.make, {**algo.search_space, "warmup_fraction": WARMUP},
-                    defaults, schedule, grad_clip)
+  if not lr_scale > 0:
+    raise UserError(f"--lr_scale={lr_scale}: valid: a positive factor (1: the zoo's range)")
+  low, high, spacing = algo.search_space["learning_rate"]
+  space = {**algo.search_space, "learning_rate": (low * lr_scale, high * lr_scale, spacing),
+           "warmup_fraction": WARMUP}
+  defaults = {**algo.defaults, "learning_rate": DEFAULT_LR[name] * lr_scale,
+              "warmup_fraction": 0.05}
+  return Submission(name, algo.make, space, defaults, schedule, grad_clip)
 
 
 def stack_hparams(trials: list[dict]) -> dict[str, jax.Array]:

@@ -18,6 +18,8 @@ from jaxlab.algoperf import workloads as workloads_lib
 from jaxlab.errors import UserError
 
 RULESETS = ("external", "self")
+# what a workdir written before a setting existed ran with
+SETTING_DEFAULTS = {"lr_scale": 1.0}
 SELF_TUNING_BUDGET = 3  # AlgoPerf gives self-tuning submissions 3x the external budget
 MEASURES = ("steps", "seconds")
 
@@ -44,7 +46,8 @@ def check_settings(workdir: str, settings: dict) -> None:
   if os.path.exists(path):
     with open(path) as f:
       before = json.load(f)
-    changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+    changed = {k: (before.get(k, SETTING_DEFAULTS.get(k)), v) for k, v in settings.items()
+               if before.get(k, SETTING_DEFAULTS.get(k)) != v}
     if changed:
       raise UserError(f"{workdir} holds trials run with other settings (before, now): {changed};"
                       " use another --workdir")
@@ -54,19 +57,21 @@ def check_settings(workdir: str, settings: dict) -> None:
 
 def run(workload_names: list[str], algorithms: list[str], ruleset: str, num_trials: int,
         num_studies: int, workdir: str, data_dir: str = "", budget_scale: float = 1.0,
-        batch_scale: int = 1, grad_clip: float = 0.0,
+        batch_scale: int = 1, grad_clip: float = 0.0, lr_scale: float = 1.0,
         log: Callable[[str], None] = print) -> None:
   """Trains every trial without a JSON in workdir; the trials still to run of one study are
-  vmapped together where the model allows (jaxlab.algoperf.trials)."""
+  vmapped together where the model allows (jaxlab.algoperf.trials). lr_scale shifts every
+  learning-rate search range (submission.from_zoo)."""
   if ruleset not in RULESETS:
     raise UserError(f"--ruleset={ruleset!r}; valid: {', '.join(RULESETS)}")
   if num_trials < 1 or num_studies < 1 or budget_scale <= 0 or batch_scale < 1:
     raise UserError("--trials and --studies must be >= 1, --budget_scale > 0, --batch_scale >= 1"
                     f" (got {num_trials}, {num_studies}, {budget_scale}, {batch_scale})")
-  subs = [submission_lib.from_zoo(a, grad_clip) for a in algorithms]  # bad names fail first
+  # bad names fail first
+  subs = [submission_lib.from_zoo(a, grad_clip, lr_scale) for a in algorithms]
   loads = [workloads_lib.get(w) for w in workload_names]
   check_settings(workdir, {"budget_scale": budget_scale, "batch_scale": batch_scale,
-                           "grad_clip": grad_clip})
+                           "grad_clip": grad_clip, "lr_scale": lr_scale})
   for workload in loads:
     steps = budget(workload, ruleset, budget_scale)
     data = None

@@ -76,3 +76,16 @@ def test_defaults_cover_the_search_space_and_missing_names_are_errors():
              10)
   with pytest.raises(UserError, match="unknown optimizer 'adamx'"):
     submission.from_zoo("adamx")
+
+
+def test_lr_scale_shifts_the_learning_rate_range_and_default():
+  for name in ("adamw", "lars"):
+    low, high, spacing = zoo.get(name).search_space["learning_rate"]
+    sub = submission.from_zoo(name, lr_scale=4.0)
+    assert sub.search_space["learning_rate"] == (4 * low, 4 * high, spacing)
+    assert sub.defaults["learning_rate"] == 4 * submission.DEFAULT_LR[name]
+    rest = {k: v for k, v in sub.search_space.items() if k != "learning_rate"}
+    assert rest == {k: v for k, v in submission.from_zoo(name).search_space.items()
+                    if k != "learning_rate"}
+  with pytest.raises(UserError, match="--lr_scale=0"):
+    submission.from_zoo("adamw", lr_scale=0.0)

@@ -60,6 +60,12 @@ def test_a_workdir_refuses_other_settings(tmp_path):
   suite.check_settings(str(tmp_path), {"budget_scale": 1.0, "batch_scale": 1, "grad_clip": 0.0})
   with pytest.raises(UserError, match=r"'batch_scale': \(1, 4\).*another --workdir"):
     suite.check_settings(str(tmp_path), {"budget_scale": 1.0, "batch_scale": 4, "grad_clip": 0.0})
+  # a workdir written before lr_scale existed ran with its default, 1
+  suite.check_settings(str(tmp_path), {"budget_scale": 1.0, "batch_scale": 1, "grad_clip": 0.0,
+                                       "lr_scale": 1.0})
+  with pytest.raises(UserError, match=r"'lr_scale': \(1.0, 2.0\)"):
+    suite.check_settings(str(tmp_path), {"budget_scale": 1.0, "batch_scale": 1,
+                                         "grad_clip": 0.0, "lr_scale": 2.0})
 
 
 def test_grad_clip_clips_before_the_update():
