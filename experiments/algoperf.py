@@ -103,8 +103,9 @@ def score(workdir: str, ruleset: str, workload_names: list[str], algorithms: lis
 
 def confirm_table(workdir: str, ruleset: str, workload_names: list[str],
                   algorithms: list[str]) -> str:
-  """Markdown: steps to target of each best trial rerun over seeds, mean [min, max] and how
-  many seeds reached it ('' without confirm runs)."""
+  """Markdown: each best trial rerun over seeds: steps to target, mean [min, max] and how many
+  seeds reached it, and the best validation metric each seed reached, mean [min, max] (the
+  comparison left where no seed reaches the target); '' without confirm runs."""
   rows = []
   for w in workload_names:
     for a in algorithms:
@@ -112,12 +113,15 @@ def confirm_table(workdir: str, ruleset: str, workload_names: list[str],
       if not os.path.exists(path):
         continue
       with open(path) as f:
-        rows.append(f"| {w} | {a} | {suite.seed_interval(json.load(f)['steps_to_target'])} |")
+        record = json.load(f)
+      rows.append(f"| {w} | {a} | {suite.seed_interval(record['steps_to_target'])} | "
+                  f"{suite.metric_interval(record['runs'])} |")
   if not rows:
     return ""
-  return ("### Best trial rerun over seeds: steps to target\n\n"
-          "| workload | algorithm | steps, mean [min, max] of the seeds that reach it |\n"
-          "|---|---|---|\n" + "\n".join(rows))
+  return ("### Best trial rerun over seeds\n\n"
+          "| workload | algorithm | steps to target, mean [min, max] of the seeds that reach "
+          "it | best validation metric, mean [min, max] over seeds |\n"
+          "|---|---|---|---|\n" + "\n".join(rows))
 
 
 def _json_number(x):

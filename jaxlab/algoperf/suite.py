@@ -59,8 +59,9 @@ def run(workload_names: list[str], algorithms: list[str], ruleset: str, num_tria
         num_studies: int, workdir: str, data_dir: str = "", budget_scale: float = 1.0,
         batch_scale: int = 1, grad_clip: float = 0.0, lr_scale: float = 1.0,
         log: Callable[[str], None] = print) -> None:
-  """Trains every trial without a JSON in workdir; the trials still to run of one study are
-  vmapped together where the model allows (jaxlab.algoperf.trials). lr_scale shifts every
+  """Trains every trial without a JSON in workdir, writing each trial's JSON as soon as it is
+  done; the trials still to run of one study are vmapped together where the model allows
+  (jaxlab.algoperf.trials). lr_scale shifts every
   learning-rate search range (submission.from_zoo)."""
   if ruleset not in RULESETS:
     raise UserError(f"--ruleset={ruleset!r}; valid: {', '.join(RULESETS)}")
@@ -87,13 +88,16 @@ def run(workload_names: list[str], algorithms: list[str], ruleset: str, num_tria
           data = workloads_lib.load(workload, data_dir, num_steps=steps,
                                     batch_size=_batch(workload, data_dir, batch_scale))
         seeds = [1000 * study + k for k in todo]
-        results = trials_lib.run_trials(data, sub, [hparams[k] for k in todo], seeds)
-        for k, result in zip(todo, results):
-          record = {"workload": workload.name, "algorithm": sub.name, "ruleset": ruleset,
-                    "study": study, "trial": k, "metric": workload.metric,
-                    "batch_size": int(data.train_batches[data.task.targets_key].shape[1]),
-                    **result}
-          _write_json(paths[k], record)
+        batch_size = int(data.train_batches[data.task.targets_key].shape[1])
+
+        def save(i, result, todo=todo, paths=paths, sub=sub, study=study, batch=batch_size):
+          _write_json(paths[todo[i]], {"workload": workload.name, "algorithm": sub.name,
+                                       "ruleset": ruleset, "study": study, "trial": todo[i],
+                                       "metric": workload.metric, "batch_size": batch,
+                                       **result})
+
+        results = trials_lib.run_trials(data, sub, [hparams[k] for k in todo], seeds,
+                                        on_result=save)
         best = min(min(r["eval_metric"], default=np.inf) for r in results)
         log(f"{workload.name} {sub.name} study {study}: {len(todo)} trials, best "
             f"{workload.metric} {best:.4f}, {results[0]['seconds'][-1] * len(todo):.0f} s")
@@ -149,6 +153,16 @@ def seed_interval(steps: list[float]) -> str:
   spread = (f"{np.mean(reached):.0f} [{min(reached):.0f}, {max(reached):.0f}]" if reached
             else "-")
   return f"{spread} ({len(reached)}/{len(steps)} reached)"
+
+
+def metric_interval(runs: list[dict]) -> str:
+  """'mean [min, max]' over runs of the lowest finite validation metric each reached ('-' for a
+  run with none, which is left out)."""
+  best = [min(v for v in r["eval_metric"] if np.isfinite(v)) for r in runs
+          if any(np.isfinite(v) for v in r["eval_metric"])]
+  if not best:
+    return f"- (0/{len(runs)} finite)"
+  return f"{np.mean(best):.4g} [{min(best):.4g}, {max(best):.4g}]"
 
 
 def budget(workload: workloads_lib.Workload, ruleset: str, budget_scale: float) -> int:

@@ -10,7 +10,7 @@ XLA:CPU runs scanned conv gradients ~10x slower (jaxlab.train.step_loops).
 """
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -44,11 +44,14 @@ def _programs(wd: WorkloadData, submission: Submission, num_steps: int, unroll: 
 
 
 def run_trials(wd: WorkloadData, submission: Submission, trials: list[dict], seeds: list[int],
-               vmapped: bool | None = None) -> list[dict]:
+               vmapped: bool | None = None,
+               on_result: Callable[[int, dict], None] | None = None) -> list[dict]:
   """One dict per trial: hparams, seed, eval_steps [E], eval_metric [E], train_loss [E] (mean
   over each interval), seconds [E] (cumulative training wall-clock at each evaluation,
   compilation included, evaluation excluded; a vmapped group's time split evenly over its
-  trials), vmapped. vmapped=None: vmapped unless the model convolves on CPU."""
+  trials), vmapped. vmapped=None: vmapped unless the model convolves on CPU. on_result(k,
+  result) is called as soon as trial k is done (one by one: after each trial), so a caller can
+  save it before the next one starts."""
   if len(trials) != len(seeds):
     raise ValueError(f"{len(trials)} trials but {len(seeds)} seeds")
   conv_chunk = step_loops.chunk_for(wd.convolves)  # > 0: conv net on CPU
@@ -65,6 +68,8 @@ def run_trials(wd: WorkloadData, submission: Submission, trials: list[dict], see
                                            [trials[k] for k in group],
                                            [seeds[k] for k in group])):
       out[k] = {**result, "vmapped": vmapped}
+      if on_result is not None:
+        on_result(k, out[k])
   return out
 
 

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from jaxlab.algoperf import search, submission, suite, workloads
@@ -90,3 +91,12 @@ def test_calibrated_targets_take_the_median_baseline():
                           ("lion", 0.01))]  # lion is not a baseline
   got = suite.calibrated_targets(records)
   assert got == {"w": pytest.approx(0.20 * workloads.TARGET_SLACK["error_rate"])}
+
+
+def test_seed_intervals_of_steps_and_of_the_best_metric():
+  assert suite.seed_interval([100.0, np.inf, 300.0]) == "200 [100, 300] (2/3 reached)"
+  assert suite.seed_interval([np.inf, np.inf]) == "- (0/2 reached)"
+  runs = [{"eval_metric": [0.5, 0.2, 0.3]}, {"eval_metric": [0.4, np.nan]},
+          {"eval_metric": [np.nan]}]  # best 0.2 and 0.4; the third never finite
+  assert suite.metric_interval(runs) == "0.3 [0.2, 0.4]"
+  assert suite.metric_interval(runs[2:]) == "- (0/1 finite)"

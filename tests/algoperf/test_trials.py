@@ -22,8 +22,12 @@ HPARAMS = [{"learning_rate": 3e-3, "b1": 0.9, "b2": 0.99, "weight_decay": 1e-3,
 
 def test_vmapped_equals_sequential_and_an_independent_recomputation(digits):
   sub = submission.from_zoo("adamw")
-  together = trials.run_trials(digits, sub, HPARAMS, [3, 4], vmapped=True)
-  alone = trials.run_trials(digits, sub, HPARAMS, [3, 4], vmapped=False)
+  saved = {True: [], False: []}
+  together = trials.run_trials(digits, sub, HPARAMS, [3, 4], vmapped=True,
+                               on_result=lambda k, r: saved[True].append((k, r)))
+  alone = trials.run_trials(digits, sub, HPARAMS, [3, 4], vmapped=False,
+                            on_result=lambda k, r: saved[False].append((k, r)))
+  assert saved == {True: list(enumerate(together)), False: list(enumerate(alone))}
   for a, b in zip(together, alone):
     assert a["eval_steps"] == b["eval_steps"] == [30]  # eval_every 40 > budget: once, at the end
     np.testing.assert_allclose(a["eval_metric"], b["eval_metric"], atol=1e-6)

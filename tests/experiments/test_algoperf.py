@@ -56,5 +56,8 @@ def test_confirm_reruns_the_best_trial_over_seeds(run_python, tfds_data_dir, tmp
   else:
     assert record["best_trial"] == min(finals, key=finals.get)
   assert len(record["runs"]) == 3 and len({r["seed"] for r in record["runs"]}) == 3
-  assert "Best trial rerun over seeds" in (tmp_path / "scores.md").read_text()
+  table = (tmp_path / "scores.md").read_text()
+  assert "Best trial rerun over seeds" in table
+  best = [min(r["eval_metric"]) for r in record["runs"]]
+  assert f"{np.mean(best):.4g} [{min(best):.4g}, {max(best):.4g}]" in table
   assert "digits_mlp adamw: best trial's hparams, 3 seeds" in out
