@@ -7,6 +7,7 @@ and the study's time is its fastest trial to the target; 'self' runs the submiss
 once per study with 3x the step budget. A workload's time is the median over studies.
 """
 
+import functools
 import json
 import os
 from typing import Callable
@@ -88,16 +89,12 @@ def run(workload_names: list[str], algorithms: list[str], ruleset: str, num_tria
           data = workloads_lib.load(workload, data_dir, num_steps=steps,
                                     batch_size=_batch(workload, data_dir, batch_scale))
         seeds = [1000 * study + k for k in todo]
-        batch_size = int(data.train_batches[data.task.targets_key].shape[1])
-
-        def save(i, result, todo=todo, paths=paths, sub=sub, study=study, batch=batch_size):
-          _write_json(paths[todo[i]], {"workload": workload.name, "algorithm": sub.name,
-                                       "ruleset": ruleset, "study": study, "trial": todo[i],
-                                       "metric": workload.metric, "batch_size": batch,
-                                       **result})
-
-        results = trials_lib.run_trials(data, sub, [hparams[k] for k in todo], seeds,
-                                        on_result=save)
+        base = {"workload": workload.name, "algorithm": sub.name, "ruleset": ruleset,
+                "study": study, "metric": workload.metric,
+                "batch_size": int(data.train_batches[data.task.targets_key].shape[1])}
+        results = trials_lib.run_trials(
+            data, sub, [hparams[k] for k in todo], seeds,
+            on_result=functools.partial(_save_trial, [paths[k] for k in todo], todo, base))
         best = min(min(r["eval_metric"], default=np.inf) for r in results)
         log(f"{workload.name} {sub.name} study {study}: {len(todo)} trials, best "
             f"{workload.metric} {best:.4f}, {results[0]['seconds'][-1] * len(todo):.0f} s")
@@ -172,6 +169,12 @@ def budget(workload: workloads_lib.Workload, ruleset: str, budget_scale: float) 
 
 def _batch(workload: workloads_lib.Workload, data_dir: str, batch_scale: int) -> int | None:
   return None if batch_scale == 1 else workload.config(data_dir).batch_size * batch_scale
+
+
+def _save_trial(paths: list[str], trial_ids: list[int], base: dict, i: int,
+                result: dict) -> None:
+  """run_trials' on_result: the i-th trial run, saved as soon as it is done."""
+  _write_json(paths[i], {**base, "trial": trial_ids[i], **result})
 
 
 def _write_json(path: str, record: dict) -> None:
