@@ -3,8 +3,8 @@ r"""Training-algorithm benchmark under AlgoPerf's rules (jaxlab.algoperf), at CP
   python -m experiments.algoperf --workdir=/tmp/algoperf \
       --algorithms=adamw,nadamw,sgd_nesterov,lamb,lars,lion --trials=8 --studies=1
   python -m experiments.algoperf --workdir=/tmp/algoperf --ruleset=self   # no tuning, 3x budget
-  python -m experiments.algoperf --workdir=/tmp/algoperf_b4 --batch_scale=4 --confirm_seeds=5 \
-      --workloads=mnist5k_resnet,shakespeare_lm --algorithms=sgd_nesterov,adamw,lars,lamb
+  python -m experiments.algoperf --workdir=/tmp/algoperf_b4 --batch_scale=4 --lr_scale=2 \
+      --confirm_seeds=4 --workloads=mnist5k_resnet --algorithms=sgd_nesterov,lars --grad_clip=1
 
 Every (workload, algorithm, study) is tuned with --trials quasi-random points of the
 algorithm's search space (jaxlab.optim.zoo + a warmup fraction), vmapped in one program where
@@ -14,7 +14,8 @@ trial. Then it scores what the workdir holds: time to each workload's validation
 (optimizer steps, and training seconds), performance profiles and AlgoPerf's benchmark score
 (area under the profile up to --r_max), written as scores.json, scores.md and profiles.png
 (steps) / profiles_seconds.png. --confirm_seeds reruns each best trial with new seeds (the
-large-batch reality check of Nado et al. 2021 reports intervals over seeds).
+large-batch reality check of Nado et al. 2021 reports intervals over seeds);
+experiments.large_batch_table puts the runs at several --batch_scale side by side.
 """
 
 import json

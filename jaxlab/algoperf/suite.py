@@ -62,8 +62,8 @@ def run(workload_names: list[str], algorithms: list[str], ruleset: str, num_tria
         log: Callable[[str], None] = print) -> None:
   """Trains every trial without a JSON in workdir, writing each trial's JSON as soon as it is
   done; the trials still to run of one study are vmapped together where the model allows
-  (jaxlab.algoperf.trials). lr_scale shifts every
-  learning-rate search range (submission.from_zoo)."""
+  (jaxlab.algoperf.trials). lr_scale shifts every learning-rate search range
+  (submission.from_zoo)."""
   if ruleset not in RULESETS:
     raise UserError(f"--ruleset={ruleset!r}; valid: {', '.join(RULESETS)}")
   if num_trials < 1 or num_studies < 1 or budget_scale <= 0 or batch_scale < 1:
