@@ -79,7 +79,8 @@ def rows(workdir: str, ruleset: str = "external", workload_names=(), algorithms=
 
 def markdown(all_rows: list[dict]) -> str:
   lines = [HEADER]
-  for r in sorted(all_rows, key=lambda r: (r["workload"], r["batch_size"], r["algorithm"])):
+  for r in sorted(all_rows, key=lambda r: (r["workload"], r["batch_size"], -r["steps"],
+                                           r["algorithm"])):
     steps = "-" if math.isinf(r["steps_to_target"]) else f"{r['steps_to_target']:.0f}"
     lines.append(f"| {r['workload']} | {r['batch_size']} | {r['steps']} | {r['algorithm']} | "
                  f"{r['trials']} | {r['learning_rate']:.3g} | "
