@@ -1,101 +1,30 @@
-r"""The large-batch reality check's table (Nado et al. 2021): one row per (workload, batch,
-algorithm) over several experiments.algoperf workdirs, each run at one --batch_scale.
+r"""The large-batch reality check's table (Nado et al. 2021) over experiments.algoperf workdirs,
+each run at one --batch_scale (jaxlab.algoperf.batch_table has what a row holds). Trains
+nothing.
 
   python -m experiments.large_batch_table \
-      --workdirs=docs/results/algoperf,docs/results/large_batch/rn4,docs/results/large_batch/rn16
-
-A row gives the tuning study's best trial (the fastest to the workload's target, else the lowest
-final metric; suite.best_trial): its learning rate and whether it was the largest of the study
-(then the search range, not the optimizer, may have limited it), its steps to target and its
-best validation metric; and, where the workdir holds a --confirm_seeds rerun, steps to target
-and best metric over the new seeds. Trains nothing.
+      --workdirs=docs/results/large_batch/rn1,docs/results/large_batch/rn4,docs/results/large_batch/rn16
 """
 
-import json
-import math
-import os
-
 from absl import app, flags
-import numpy as np
 
-from jaxlab.algoperf import scoring, suite, workloads
-from jaxlab.errors import UserError
+from jaxlab.algoperf import batch_table
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "experiments.algoperf workdirs")
 _WORKLOADS = flags.DEFINE_list("workloads", [], "only these workloads (default: all present)")
 _ALGORITHMS = flags.DEFINE_list("algorithms", [], "only these algorithms (default: all present)")
 _RULESET = flags.DEFINE_string("ruleset", "external", "the ruleset folder to read")
-_OUT = flags.DEFINE_string("out", "", "also write the markdown table to this file")
+_MARKDOWN_OUT = flags.DEFINE_string("markdown_out", "", "also write the table to this file")
 flags.mark_flags_as_required(["workdirs"])
-
-HEADER = ("| workload | batch | steps | algorithm | trials | best trial's LR | largest LR drawn? | "
-          "steps to target | best metric | seeds: steps to target | seeds: best metric |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
-
-
-def _settings(workdir: str) -> dict:
-  path = os.path.join(workdir, "suite.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def rows(workdir: str, ruleset: str = "external", workload_names=(), algorithms=()) -> list[dict]:
-  """One dict per (workload, algorithm) of the workdir's trials (see the module docstring)."""
-  records = suite.load_trials(workdir, ruleset)
-  if not records:
-    raise UserError(f"no trials in {workdir}/trials/{ruleset}; run experiments.algoperf there")
-  settings = _settings(workdir)
-  groups: dict[tuple, list[dict]] = {}
-  for r in records:
-    if (not workload_names or r["workload"] in workload_names) and (
-        not algorithms or r["algorithm"] in algorithms):
-      groups.setdefault((r["workload"], r["algorithm"]), []).append(r)
-  out = []
-  for (name, algorithm), mine in sorted(groups.items()):
-    target = workloads.get(name).target
-    best = suite.best_trial(mine, target)
-    lrs = [r["hparams"]["learning_rate"] for r in mine]
-    row = {"workload": name, "algorithm": algorithm, "batch_size": best["batch_size"],
-           "steps": best["eval_steps"][-1], "trials": len(mine),
-           "batch_scale": settings.get("batch_scale", 1),
-           "lr_scale": settings.get("lr_scale", 1.0),
-           "learning_rate": best["hparams"]["learning_rate"],
-           "largest_lr": best["hparams"]["learning_rate"] == max(lrs),
-           "steps_to_target": scoring.time_to_target(best["eval_steps"], best["eval_metric"],
-                                                     target),
-           "best_metric": min((v for v in best["eval_metric"] if np.isfinite(v)),
-                              default=math.inf)}
-    confirm = os.path.join(workdir, "confirm", ruleset, name, f"{algorithm}.json")
-    if os.path.exists(confirm):
-      with open(confirm) as f:
-        record = json.load(f)
-      row["seed_steps"] = suite.seed_interval(record["steps_to_target"])
-      row["seed_metric"] = suite.metric_interval(record["runs"])
-    out.append(row)
-  return out
-
-
-def markdown(all_rows: list[dict]) -> str:
-  lines = [HEADER]
-  for r in sorted(all_rows, key=lambda r: (r["workload"], r["batch_size"], -r["steps"],
-                                           r["algorithm"])):
-    steps = "-" if math.isinf(r["steps_to_target"]) else f"{r['steps_to_target']:.0f}"
-    lines.append(f"| {r['workload']} | {r['batch_size']} | {r['steps']} | {r['algorithm']} | "
-                 f"{r['trials']} | {r['learning_rate']:.3g} | "
-                 f"{'yes' if r['largest_lr'] else 'no'} | {steps} | {r['best_metric']:.4g} | "
-                 f"{r.get('seed_steps', '')} | {r.get('seed_metric', '')} |")
-  return "\n".join(lines) + "\n"
 
 
 def main(argv):
   del argv
-  table = markdown([r for w in _WORKDIRS.value
-                    for r in rows(w, _RULESET.value, _WORKLOADS.value, _ALGORITHMS.value)])
+  table = batch_table.markdown([r for w in _WORKDIRS.value for r in batch_table.rows(
+      w, _RULESET.value, _WORKLOADS.value, _ALGORITHMS.value)])
   print(table)
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
+  if _MARKDOWN_OUT.value:
+    with open(_MARKDOWN_OUT.value, "w") as f:
       f.write(table)
 
 

@@ -1,12 +1,11 @@
-"""experiments.large_batch_table on hand-written trial records: the best trial, its steps to
-target, the largest-LR flag and the seed columns."""
+"""jaxlab.algoperf.batch_table on hand-written trial records: the best trial, its steps to
+target, the largest-LR flag and the seed columns; experiments.large_batch_table prints it."""
 
 import math
 
 import pytest
 
-from experiments import large_batch_table
-from jaxlab.algoperf import suite, workloads
+from jaxlab.algoperf import batch_table, suite, workloads
 from jaxlab.errors import UserError
 
 TARGET = workloads.get("digits_mlp").target  # 0.01838
@@ -32,7 +31,7 @@ def test_rows_pick_the_fastest_trial_and_flag_the_range_edge(tmp_path):
   runs = [{"eval_metric": [0.03, 0.015, 0.02]}, {"eval_metric": [0.04, 0.03, 0.025]}]
   confirm = str(tmp_path / "confirm/external/digits_mlp/adamw.json")
   suite._write_json(confirm, {"steps_to_target": [80.0, math.inf], "runs": runs})  # pylint: disable=protected-access
-  got = {r["algorithm"]: r for r in large_batch_table.rows(str(tmp_path))}
+  got = {r["algorithm"]: r for r in batch_table.rows(str(tmp_path))}
   adamw, lamb = got["adamw"], got["lamb"]
   assert (adamw["learning_rate"], adamw["largest_lr"], adamw["steps_to_target"]) == (4e-3, True,
                                                                                     40.0)
@@ -42,7 +41,7 @@ def test_rows_pick_the_fastest_trial_and_flag_the_range_edge(tmp_path):
   assert adamw["seed_metric"] == "0.02 [0.015, 0.025]"
   assert lamb["learning_rate"] == 3e-3 and math.isinf(lamb["steps_to_target"])
   assert "seed_steps" not in lamb
-  table = large_batch_table.markdown(list(got.values()))
+  table = batch_table.markdown(list(got.values()))
   assert "| digits_mlp | 128 | 120 | adamw | 2 | 0.004 | yes | 40 | 0.011 |" in table
   assert "| digits_mlp | 128 | 120 | lamb | 2 | 0.003 | yes | - | 0.02 |  |  |" in table
   assert TARGET < 0.02  # the records above straddle the real target
@@ -50,4 +49,15 @@ def test_rows_pick_the_fastest_trial_and_flag_the_range_edge(tmp_path):
 
 def test_an_empty_workdir_is_a_clear_error(tmp_path):
   with pytest.raises(UserError, match="no trials in .*experiments.algoperf"):
-    large_batch_table.rows(str(tmp_path))
+    batch_table.rows(str(tmp_path))
+
+
+def test_the_experiment_prints_and_writes_the_table(tmp_path, run_python):
+  _trial(tmp_path / "b4", "adamw", 0, 2e-3, [0.05, 0.017, 0.01])
+  out = tmp_path / "table.md"
+  done = run_python("-m", "experiments.large_batch_table", f"--workdirs={tmp_path / 'b4'}",
+                    f"--markdown_out={out}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  row = "| digits_mlp | 128 | 120 | adamw | 1 | 0.002 | yes | 80 | 0.01 |  |  |"
+  assert row in done.stdout and out.read_text() == batch_table.markdown(
+      batch_table.rows(str(tmp_path / "b4")))
