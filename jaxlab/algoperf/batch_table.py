@@ -12,8 +12,6 @@ import json
 import math
 import os
 
-import numpy as np
-
 from jaxlab.algoperf import scoring, suite, workloads
 from jaxlab.errors import UserError
 
@@ -54,8 +52,7 @@ def rows(workdir: str, ruleset: str = "external", workload_names=(), algorithms=
            "largest_lr": best["hparams"]["learning_rate"] == max(lrs),
            "steps_to_target": scoring.time_to_target(best["eval_steps"], best["eval_metric"],
                                                      target),
-           "best_metric": min((v for v in best["eval_metric"] if np.isfinite(v)),
-                              default=math.inf)}
+           "best_metric": suite.lowest_metric(best)}
     confirm = os.path.join(workdir, "confirm", ruleset, name, f"{algorithm}.json")
     if os.path.exists(confirm):
       with open(confirm) as f:

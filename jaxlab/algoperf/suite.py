@@ -47,8 +47,8 @@ def check_settings(workdir: str, settings: dict) -> None:
   if os.path.exists(path):
     with open(path) as f:
       before = json.load(f)
-    changed = {k: (before.get(k, SETTING_DEFAULTS.get(k)), v) for k, v in settings.items()
-               if before.get(k, SETTING_DEFAULTS.get(k)) != v}
+    old = {k: before.get(k, SETTING_DEFAULTS.get(k)) for k in settings}
+    changed = {k: (old[k], v) for k, v in settings.items() if old[k] != v}
     if changed:
       raise UserError(f"{workdir} holds trials run with other settings (before, now): {changed};"
                       " use another --workdir")
@@ -155,8 +155,7 @@ def seed_interval(steps: list[float]) -> str:
 def metric_interval(runs: list[dict]) -> str:
   """'mean [min, max]' over runs of the lowest finite validation metric each reached ('-' for a
   run with none, which is left out)."""
-  best = [min(v for v in r["eval_metric"] if np.isfinite(v)) for r in runs
-          if any(np.isfinite(v) for v in r["eval_metric"])]
+  best = [b for b in (lowest_metric(r) for r in runs) if np.isfinite(b)]
   if not best:
     return f"- (0/{len(runs)} finite)"
   return f"{np.mean(best):.4g} [{min(best):.4g}, {max(best):.4g}]"
@@ -232,12 +231,17 @@ def calibrated_targets(records: list[dict], baselines=BASELINES) -> dict[str, fl
   return out
 
 
+def lowest_metric(record: dict) -> float:
+  """The lowest finite validation metric a run reached (inf if none is finite)."""
+  return min((v for v in record["eval_metric"] if np.isfinite(v)), default=np.inf)
+
+
 def best_metrics(records: list[dict]) -> dict[str, dict[str, float]]:
   """best[workload][algorithm]: the lowest validation metric any trial reached."""
   best: dict[str, dict[str, float]] = {}
   for r in records:
-    values = [v for v in r["eval_metric"] if np.isfinite(v)]
-    if values:
+    value = lowest_metric(r)
+    if np.isfinite(value):
       row = best.setdefault(r["workload"], {})
-      row[r["algorithm"]] = min(row.get(r["algorithm"], np.inf), min(values))
+      row[r["algorithm"]] = min(row.get(r["algorithm"], np.inf), value)
   return best
