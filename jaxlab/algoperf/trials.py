@@ -4,9 +4,11 @@ validation metric evaluated every `eval_every` steps (AlgoPerf's protocol, Dahl 
 K trials run vmapped in one program (their searched hyperparameters and init seeds are the
 vmapped axis: learning rate, betas, weight decay, warmup all enter as traced scalars), with
 that axis split over the local devices where their number divides K (on a CPU split into one
-device per core, jaxlab.sharding.host_devices, each core trains its share), or one after the
-other. Conv nets on CPU run one after the other in jitted chunks of 5 unrolled steps:
-XLA:CPU runs scanned conv gradients ~10x slower (jaxlab.train.step_loops).
+device per core, jaxlab.sharding.host_devices, each core trains its share), or as programs
+of their own, one trial per local device at a time. Conv nets on CPU take the latter, in jitted
+chunks of 5 unrolled steps: XLA:CPU runs scanned conv gradients ~10x slower
+(jaxlab.train.step_loops), and a vmapped pair of ResNet trials 2x slower than the two one
+after the other.
 """
 
 import time
@@ -48,60 +50,75 @@ def run_trials(wd: WorkloadData, submission: Submission, trials: list[dict], see
                on_result: Callable[[int, dict], None] | None = None) -> list[dict]:
   """One dict per trial: hparams, seed, eval_steps [E], eval_metric [E], train_loss [E] (mean
   over each interval), seconds [E] (cumulative training wall-clock at each evaluation,
-  compilation included, evaluation excluded; a vmapped group's time split evenly over its
-  trials), vmapped. vmapped=None: vmapped unless the model convolves on CPU. on_result(k,
-  result) is called as soon as trial k is done (one by one: after each trial), so a caller can
-  save it before the next one starts."""
+  compilation included, evaluation excluded; a group's time split evenly over its trials),
+  vmapped. vmapped=None: vmapped unless the model convolves on CPU. Not vmapped, the trials run
+  one per local device at a time (the same program on each, its calls dispatched to all of them
+  before any is waited on), so every core trains a trial of its own. on_result(k, result) is
+  called as soon as trial k is done, so a caller can save it before the next one starts."""
   if len(trials) != len(seeds):
     raise ValueError(f"{len(trials)} trials but {len(seeds)} seeds")
   conv_chunk = step_loops.chunk_for(wd.convolves)  # > 0: conv net on CPU
   if vmapped is None:
     vmapped = not conv_chunk
-  groups = [list(range(len(trials)))] if vmapped else [[k] for k in range(len(trials))]
   num_steps = len(jax.tree.leaves(wd.train_batches)[0])
   every = min(wd.workload.eval_every, num_steps)
-  # compiled once for every group
+  # compiled once for every group (and once per device the trials run on)
   programs = _programs(wd, submission, num_steps, unroll=conv_chunk > 0)
+  devices = jax.local_devices()
+  ks = list(range(len(trials)))
+  groups = [ks] if vmapped else [ks[i:i + len(devices)] for i in range(0, len(ks), len(devices))]
   out: list[dict] = [{} for _ in trials]
   for group in groups:
-    for k, result in zip(group, _run_group(wd, programs, num_steps, every, conv_chunk or every,
-                                           [trials[k] for k in group],
-                                           [seeds[k] for k in group])):
-      out[k] = {**result, "vmapped": vmapped}
+    if vmapped:
+      lanes = [_split_over_devices(stack_hparams(trials), np.asarray(seeds, np.uint32))]
+    else:  # trial group[i] on devices[i]
+      lanes = [jax.device_put((stack_hparams([trials[k]]), np.asarray([seeds[k]], np.uint32)),
+                              device) for k, device in zip(group, devices)]
+    results = _run_group(wd, programs, num_steps, every, conv_chunk or every, lanes)
+    for k, result in zip(group, results):
+      out[k] = {"hparams": {n: float(v) for n, v in trials[k].items()}, "seed": int(seeds[k]),
+                **result, "vmapped": vmapped}
       if on_result is not None:
         on_result(k, out[k])
   return out
 
 
 def _run_group(wd: WorkloadData, programs: tuple, num_steps: int, every: int, chunk: int,
-               trials: list[dict], seeds: list[int]) -> list[dict]:
-  """Trains the group from init, `chunk` steps per call, evaluating every `every` steps."""
+               lanes: list[tuple[dict, jax.Array]]) -> list[dict]:
+  """Trains each lane's vmapped trials (hparams, seeds) from init, `chunk` steps per call,
+  evaluating every `every` steps; each call is dispatched to every lane before any is waited
+  on, so lanes on different devices train at the same time. One dict per trial, lanes in
+  order."""
   batches = wd.train_batches
   init, advance, evaluate = programs
-  hp, seeds = _split_over_devices(stack_hparams(trials), np.asarray(seeds, np.uint32))
   t = time.perf_counter()
-  carry = init(hp, seeds)
-  jax.block_until_ready(carry)
+  carries = [init(hp, seeds) for hp, seeds in lanes]
+  jax.block_until_ready(carries)
   train_s = time.perf_counter() - t
-  steps, metric, loss, seconds = [], [], [], []
+  num_trials = sum(len(seeds) for _, seeds in lanes)
+  steps, seconds = [], []
+  metric, loss = [[] for _ in lanes], [[] for _ in lanes]
   for start in range(0, num_steps, every):
     stop = min(start + every, num_steps)
-    losses = []
+    losses = [[] for _ in lanes]
     t = time.perf_counter()
     for s in range(start, stop, chunk):
-      carry, part = advance(hp, carry, jax.tree.map(lambda x, s=s: x[s:min(s + chunk, stop)],
-                                                    batches))
-      losses.append(part)
+      part = jax.tree.map(lambda x, s=s: x[s:min(s + chunk, stop)], batches)
+      for i, (hp, _) in enumerate(lanes):
+        carries[i], lane_loss = advance(hp, carries[i], part)
+        losses[i].append(lane_loss)
     jax.block_until_ready(losses)
     train_s += time.perf_counter() - t
     steps.append(stop)
-    seconds.append(train_s / len(trials))
-    loss.append(np.concatenate([np.asarray(p) for p in losses], axis=1).mean(axis=1))
-    metric.append(np.asarray(evaluate(carry, wd.eval_batch)))
-  metric, loss = np.stack(metric, axis=1), np.stack(loss, axis=1)
-  return [{"hparams": {k: float(v) for k, v in trial.items()}, "seed": int(seed),
-           "eval_steps": steps, "eval_metric": _floats(metric[i]), "train_loss": _floats(loss[i]),
-           "seconds": list(seconds)} for i, (trial, seed) in enumerate(zip(trials, seeds))]
+    seconds.append(train_s / num_trials)
+    evals = [evaluate(carry, wd.eval_batch) for carry in carries]
+    for i, lane_metric in enumerate(evals):
+      loss[i].append(np.concatenate([np.asarray(p) for p in losses[i]], axis=1).mean(axis=1))
+      metric[i].append(np.asarray(lane_metric))
+  metric = np.concatenate([np.stack(m, axis=1) for m in metric])
+  loss = np.concatenate([np.stack(v, axis=1) for v in loss])
+  return [{"eval_steps": steps, "eval_metric": _floats(m), "train_loss": _floats(v),
+           "seconds": list(seconds)} for m, v in zip(metric, loss)]
 
 
 def _split_over_devices(hp: dict, seeds: np.ndarray) -> tuple[dict, jax.Array]:

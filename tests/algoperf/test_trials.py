@@ -62,19 +62,32 @@ _TWO_DEVICES = """
 import json, sys, jax
 from jaxlab.algoperf import submission, trials, workloads
 wd = workloads.load(workloads.get("digits_mlp"), sys.argv[1], num_steps=30)
-out = trials.run_trials(wd, submission.from_zoo("adamw"), json.loads(sys.argv[2]), [3, 4])
-print(json.dumps([jax.device_count(), [r["eval_metric"] for r in out],
-                  [r["train_loss"] for r in out]]))
+hparams = json.loads(sys.argv[2])
+out = {str(vmapped): trials.run_trials(wd, submission.from_zoo("adamw"), hparams,
+                                       list(range(3, 3 + len(hparams))), vmapped=vmapped)
+       for vmapped in (True, False)}
+print(json.dumps([jax.device_count(), out]))
 """
 
 
-def test_trials_split_over_two_devices_match_one_device(digits, tfds_data_dir, run_python):
+def test_trials_over_two_devices_match_one_device(digits, tfds_data_dir, run_python):
+  """Vmapped (the trials' axis split over the devices) and one trial per device at a time (3
+  trials: a pair, then one alone): the same results as on one device, each in its trial's
+  place."""
   import json  # pylint: disable=g-import-not-at-top
-  done = run_python("-c", _TWO_DEVICES, tfds_data_dir, json.dumps(HPARAMS),
+  hparams = HPARAMS + [{**HPARAMS[0], "learning_rate": 1e-2}]
+  done = run_python("-c", _TWO_DEVICES, tfds_data_dir, json.dumps(hparams),
                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
   assert done.returncode == 0, done.stderr[-3000:]
-  devices, metrics, losses = json.loads(done.stdout.strip().splitlines()[-1])
-  one = trials.run_trials(digits, submission.from_zoo("adamw"), HPARAMS, [3, 4])
+  devices, out = json.loads(done.stdout.strip().splitlines()[-1])
+  one = trials.run_trials(digits, submission.from_zoo("adamw"), hparams, [3, 4, 5],
+                          vmapped=False)
   assert devices == 2
-  np.testing.assert_allclose(metrics, [r["eval_metric"] for r in one], atol=1e-6)
-  np.testing.assert_allclose(losses, [r["train_loss"] for r in one], rtol=1e-5)
+  for vmapped, two in out.items():
+    assert [r["vmapped"] for r in two] == [vmapped == "True"] * 3
+    assert [(r["hparams"], r["seed"]) for r in two] == [(r["hparams"], r["seed"]) for r in one]
+    np.testing.assert_allclose([r["eval_metric"] for r in two], [r["eval_metric"] for r in one],
+                               atol=1e-6)
+    np.testing.assert_allclose([r["train_loss"] for r in two], [r["train_loss"] for r in one],
+                               rtol=1e-5)
+  assert len({tuple(r["train_loss"]) for r in one}) == 3  # the trials differ
