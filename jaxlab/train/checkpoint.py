@@ -199,11 +199,13 @@ def _quiet_closed_loop_callbacks():
 
 
 def _orphaned_read_filter(record) -> bool:
-  """Drops asyncio's "Task exception was never retrieved" for orbax's array reads of a failed
-  restore (the read tasks the failed restore abandoned; garbage-collected at any later time, so
-  the filter stays); every other asyncio record passes."""
+  """Drops asyncio's "<Task | Future | _GatheringFuture> exception was never retrieved" for
+  orbax's array reads of a failed restore (the tasks and futures the failed restore abandoned;
+  garbage-collected at any later time, so the filter stays); every other asyncio record
+  passes."""
   exc = record.exc_info[1] if record.exc_info else None
-  return not (record.getMessage().startswith("Task exception was never retrieved")
+  first_line = record.getMessage().partition("\n")[0]
+  return not (first_line.endswith(" exception was never retrieved")
               and "error while reading array" in str(exc))
 
 
