@@ -20,20 +20,12 @@ HEADER = ("| workload | batch | steps | algorithm | trials | best trial's LR | l
           "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def _settings(workdir: str) -> dict:
-  path = os.path.join(workdir, "suite.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
 def rows(workdir: str, ruleset: str = "external", workload_names=(), algorithms=()) -> list[dict]:
   """One dict per (workload, algorithm) of the workdir's trials (see the module docstring)."""
   records = suite.load_trials(workdir, ruleset)
   if not records:
     raise UserError(f"no trials in {workdir}/trials/{ruleset}; run experiments.algoperf there")
-  settings = _settings(workdir)
+  settings = suite.load_settings(workdir) or suite.SETTING_DEFAULTS
   groups: dict[tuple, list[dict]] = {}
   for r in records:
     if (not workload_names or r["workload"] in workload_names) and (
@@ -47,7 +39,7 @@ def rows(workdir: str, ruleset: str = "external", workload_names=(), algorithms=
     row = {"workload": name, "algorithm": algorithm, "batch_size": best["batch_size"],
            "steps": best["eval_steps"][-1], "trials": len(mine),
            "batch_scale": settings.get("batch_scale", 1),
-           "lr_scale": settings.get("lr_scale", 1.0),
+           "lr_scale": settings["lr_scale"],
            "learning_rate": best["hparams"]["learning_rate"],
            "largest_lr": best["hparams"]["learning_rate"] == max(lrs),
            "steps_to_target": scoring.time_to_target(best["eval_steps"], best["eval_metric"],

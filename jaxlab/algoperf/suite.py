@@ -43,17 +43,24 @@ def check_settings(workdir: str, settings: dict) -> None:
   """Writes workdir/suite.json with the settings that change what a trial means (budget, batch,
   clipping) on the first run; a later run with other settings is a UserError, so a resumed
   workdir never mixes trials of different setups."""
+  before = load_settings(workdir)
+  if before is None:
+    _write_json(os.path.join(workdir, "suite.json"), settings)
+    return
+  changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+  if changed:
+    raise UserError(f"{workdir} holds trials run with other settings (before, now): {changed};"
+                    " use another --workdir")
+
+
+def load_settings(workdir: str) -> dict | None:
+  """workdir/suite.json's settings, SETTING_DEFAULTS filling those older runs did not save; None
+  if there is no suite.json."""
   path = os.path.join(workdir, "suite.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      before = json.load(f)
-    old = {k: before.get(k, SETTING_DEFAULTS.get(k)) for k in settings}
-    changed = {k: (old[k], v) for k, v in settings.items() if old[k] != v}
-    if changed:
-      raise UserError(f"{workdir} holds trials run with other settings (before, now): {changed};"
-                      " use another --workdir")
-  else:
-    _write_json(path, settings)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return {**SETTING_DEFAULTS, **json.load(f)}
 
 
 def run(workload_names: list[str], algorithms: list[str], ruleset: str, num_trials: int,
