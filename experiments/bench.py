@@ -254,6 +254,7 @@ def main(argv):
       name = f"ours and PyTorch {version} eager"
     print(f"Time per op category, profiled train steps ({name}):")
     print(bench_breakdown.format_table(ours, theirs))
+    print(bench_breakdown.format_copies(bench_breakdown.copy_inventory(hlo)))
 
 
 if __name__ == "__main__":

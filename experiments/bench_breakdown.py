@@ -138,6 +138,44 @@ def classify(instr: Instr) -> str:
   return ELEMENTWISE
 
 
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
+                "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+# In COPY but writing nothing: views, arguments, tuples.
+_NO_WRITE = {"bitcast", "parameter", "get-tuple-element", "tuple", "constant"}
+
+
+def copy_inventory(hlo_text: str) -> list[tuple[str, int, int]]:
+  """Implements the data movement a compiled program writes, from its HLO alone (no timing):
+  (instruction kind and shape, count, bytes written in all) for the ENTRY computation's
+  instructions classified COPY, largest first. The kind is the instruction's name without its
+  numeric suffix (XLA names fusions after their ops: `transpose_copy_fusion`). Per device for
+  an SPMD program."""
+  instrs = parse_hlo(hlo_text)
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  rows = collections.defaultdict(lambda: [0, 0])
+  for m in re.finditer(r"^\s+(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\]\S* ([\w\-]+)\(",
+                       entry, re.M):
+    name, dtype, dims, opcode = m.groups()
+    if opcode in _NO_WRITE or name not in instrs or classify(instrs[name]) != COPY:
+      continue
+    size = _DTYPE_BYTES.get(dtype, 4)
+    for d in filter(None, dims.split(",")):
+      size *= int(d)
+    kind = re.sub(r"[.]\d+$", "", name)
+    row = rows[f"{kind} {dtype}[{dims}]"]
+    row[0] += 1
+    row[1] += size
+  return sorted(((k, n, b) for k, (n, b) in rows.items()), key=lambda r: -r[2])
+
+
+def format_copies(rows: list[tuple[str, int, int]], top: int = 8) -> str:
+  """Implements the copy inventory's printout: total MB, then the `top` largest kinds."""
+  out = [f"Copies and transposes the compiled step writes (static, from its HLO; per device): "
+         f"{sum(r[2] for r in rows) / 1e6:.1f} MB in {sum(r[1] for r in rows)} instructions"]
+  out += [f"  {b / 1e6:8.2f} MB  {n:3d} x {k}" for k, n, b in rows[:top]]
+  return "\n".join(out)
+
+
 def thunk_times(xplane_path: str) -> collections.Counter:
   """Implements name -> total ns of the XLA:CPU thunk / runtime events in a profile."""
   totals = collections.Counter()

@@ -100,6 +100,15 @@ def test_classify_hlo_instructions():
                  "gather.2": bb.EMBED, "add.5": bb.ELEMENTWISE}
 
 
+def test_copy_inventory_counts_bytes_of_entry_copies():
+  """Only the transposing copy writes memory among the fixture's COPY instructions (the
+  parameters are not copies); 4 x 8 f32 = 128 bytes."""
+  rows = bb.copy_inventory(HLO)
+  assert rows == [("copy_fusion f32[4,8]", 1, 128)]
+  text = bb.format_copies(rows)
+  assert "0.0 MB in 1 instructions" in text and "1 x copy_fusion f32[4,8]" in text
+
+
 def test_summarize_splits_ops_runtime_and_unknown_names():
   instrs = bb.parse_hlo(HLO)
   totals = {"ynn_fusion.3": 4e6, "dot.7": 2e6, "cond.1": 9e6, "mystery.1": 1e6,
@@ -161,3 +170,6 @@ def test_bench_cli_breakdown(run_python, tfds_data_dir):
                                                 r"|sum of op times)\s+([\d.]+)", out, re.M)}
   assert len(ms) == 4 and all(v > 0 for v in ms.values()), out
   assert re.search(r"([\d.]+) ms/step in thunks not in the HLO", out)
+  copies = re.search(r"step writes \(static, from its HLO; per device\): ([\d.]+) MB in (\d+) "
+                     r"instructions", out)
+  assert copies and int(copies[2]) > 0, out
