@@ -1,5 +1,6 @@
-"""LayerNorm and RMSNorm over the last axis in plain XLA (jnp): the reference the Pallas kernels
-are tested against, and the "xla" implementation.
+"""LayerNorm and RMSNorm over the last axis in plain XLA (jnp), differentiated by autodiff: the
+reference the Pallas kernels and the "xla" implementation (xla.py, the same forward with a
+written-out backward) are tested against.
 
   layernorm: y = ((x - mean(x)) / sqrt(var(x) + eps) * scale + bias) * alpha   (Ba et al. 2016)
   rmsnorm:   y = (x / sqrt(mean(x^2) + eps) * scale + bias) * alpha            (Zhang & Sennrich

@@ -33,7 +33,10 @@ def _plain(module, params, x):
                                     (norms.LayerNorm, {"use_scale": False}),
                                     (norms.RMSNorm, {"use_bias": True})])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_fused_path_bit_identical_to_plain(parametrization, cls, kw, dtype):
+def test_fused_path_matches_plain(parametrization, cls, kw, dtype):
+  """The module's fused_norm path against plain autodiff of the formula: the same loss bit for
+  bit (the forward is the same arithmetic); gradients to float32 rounding (fused_norm's "xla"
+  path writes the backward out, summing in another order)."""
   ctx = LayerContext(parametrization, dtype=dtype)
   module = cls(ctx=ctx, epsilon=1e-5, **kw)
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 24)).astype(dtype) * 3 + 1
@@ -46,8 +49,10 @@ def test_fused_path_bit_identical_to_plain(parametrization, cls, kw, dtype):
 
   got = loss(lambda p, x: module.apply({"params": p}, x))(params, x)
   want = loss(lambda p, x: _plain(module, p, x))(params, x)
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
+  np.testing.assert_array_equal(got[0], want[0])
+  for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=2e-5,
+                               atol=1e-6)
 
 
 def test_crmsnorm_stays_plain():

@@ -1,6 +1,7 @@
 """pallas_kernels.fused_norm: the Pallas kernels (interpret mode, laid out for the TPU and for the
 GPU) against the XLA reference for values and for dx, dscale, dbias (jax.vjp of the reference
-with a random cotangent), the "xla" path against an independent float64 numpy formula, the
+with a random cotangent), the "xla" path's written-out backward against the same, its forward
+against an independent float64 numpy formula, the
 LayerNorm Scaling factor, the output statistics, and argument / dispatch errors. Lowering for
 the devices: test_lowering.py.
 
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 import pallas_kernels
-from pallas_kernels.fused_norm import api, pallas
+from pallas_kernels.fused_norm import api, pallas, reference
 from tests.pallas_kernels.tolerances import TOL, assert_close
 
 
@@ -86,8 +87,30 @@ def test_pallas_matches_reference_values_and_gradients(case, target):
 
   def both(x, scale, bias, dy):
     out = []
-    for f in (kernel, lambda x, s, b: pallas_kernels.fused_norm(x, s, b, implementation="xla",
-                                                                **kw)):
+    for f in (kernel, lambda x, s, b: reference.fused_norm(x, s, b, **kw)):
+      y, vjp = jax.vjp(f, x, scale, bias)
+      out.append((y, *vjp(dy)))
+    return out
+
+  actual, expected = _run_once(both, x, scale, bias, dy)
+  for name, a, e in zip(("y", "dx", "dscale", "dbias"), actual, expected):
+    if e is None:
+      assert a is None and bias is None, name
+      continue
+    assert a.shape == e.shape and a.dtype == e.dtype, name
+    assert_close(a, e, TOL[case["dtype"]], f"{name} {case}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_xla_path_backward_matches_autodiff_of_the_reference(case):
+  """The "xla" path's written-out backward (xla.py) against jax.vjp of reference.py."""
+  x, scale, bias, dy = _inputs(case, seed=len(str(case)) + 1)
+  kw = dict(kind=case["kind"], eps=case["eps"], layer_index=case["layer_index"])
+
+  def both(x, scale, bias, dy):
+    out = []
+    for f in (lambda x, s, b: pallas_kernels.fused_norm(x, s, b, implementation="xla", **kw),
+              lambda x, s, b: reference.fused_norm(x, s, b, **kw)):
       y, vjp = jax.vjp(f, x, scale, bias)
       out.append((y, *vjp(dy)))
     return out
