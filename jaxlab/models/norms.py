@@ -4,9 +4,10 @@ features, biases BIAS-role with fan_in = 1).
 
 LayerNorm and RMSNorm run through pallas_kernels.fused_norm, with the gain and bias already
 scaled by the parametrization (scale_param): on a TPU / GPU backend with implementation None (the
-fused kernel), on a CPU backend with "xla" (the plain-jnp formulas below), not None: None wraps
-the XLA path in lax.platform_dependent, whose conditional changes XLA's fusions and so the last
-bits of the gradients. CRMSNorm's implied coordinate has no kernel form: it stays plain jnp.
+fused kernel), on a CPU backend with "xla" (the plain-jnp formulas with their backward written
+out, pallas_kernels/fused_norm/xla.py), not None: None wraps the XLA path in
+lax.platform_dependent, whose conditional changes XLA's fusions and so the last bits of the
+gradients. CRMSNorm's implied coordinate has no kernel form: it stays plain jnp.
 """
 
 import flax.linen as nn
