@@ -72,6 +72,27 @@ def _run_once(fn, *args):
   return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})(*args)
 
 
+def _assert_matches_reference(fn, case, x, scale, bias, dy):
+  """fn(x, scale, bias)'s y, dx, dscale, dbias (jax.vjp with cotangent dy) against the same of
+  reference.fused_norm, in one program: shapes, dtypes and values within TOL."""
+  kw = dict(kind=case["kind"], eps=case["eps"], layer_index=case["layer_index"])
+
+  def both(x, scale, bias, dy):
+    out = []
+    for f in (fn, lambda x, s, b: reference.fused_norm(x, s, b, **kw)):
+      y, vjp = jax.vjp(f, x, scale, bias)
+      out.append((y, *vjp(dy)))
+    return out
+
+  actual, expected = _run_once(both, x, scale, bias, dy)
+  for name, a, e in zip(("y", "dx", "dscale", "dbias"), actual, expected):
+    if e is None:
+      assert a is None and bias is None, name
+      continue
+    assert a.shape == e.shape and a.dtype == e.dtype, name
+    assert_close(a, e, TOL[case["dtype"]], f"{name} {case}")
+
+
 @pytest.mark.parametrize("target", ["tpu", "gpu"])
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_pallas_matches_reference_values_and_gradients(case, target):
@@ -85,20 +106,7 @@ def test_pallas_matches_reference_values_and_gradients(case, target):
     return pallas.fused_norm(x, s, b, block_rows=case["block_rows"], target=target,
                              interpret=True, **kw)
 
-  def both(x, scale, bias, dy):
-    out = []
-    for f in (kernel, lambda x, s, b: reference.fused_norm(x, s, b, **kw)):
-      y, vjp = jax.vjp(f, x, scale, bias)
-      out.append((y, *vjp(dy)))
-    return out
-
-  actual, expected = _run_once(both, x, scale, bias, dy)
-  for name, a, e in zip(("y", "dx", "dscale", "dbias"), actual, expected):
-    if e is None:
-      assert a is None and bias is None, name
-      continue
-    assert a.shape == e.shape and a.dtype == e.dtype, name
-    assert_close(a, e, TOL[case["dtype"]], f"{name} {case}")
+  _assert_matches_reference(kernel, case, x, scale, bias, dy)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
@@ -107,21 +115,8 @@ def test_xla_path_backward_matches_autodiff_of_the_reference(case):
   x, scale, bias, dy = _inputs(case, seed=len(str(case)) + 1)
   kw = dict(kind=case["kind"], eps=case["eps"], layer_index=case["layer_index"])
 
-  def both(x, scale, bias, dy):
-    out = []
-    for f in (lambda x, s, b: pallas_kernels.fused_norm(x, s, b, implementation="xla", **kw),
-              lambda x, s, b: reference.fused_norm(x, s, b, **kw)):
-      y, vjp = jax.vjp(f, x, scale, bias)
-      out.append((y, *vjp(dy)))
-    return out
-
-  actual, expected = _run_once(both, x, scale, bias, dy)
-  for name, a, e in zip(("y", "dx", "dscale", "dbias"), actual, expected):
-    if e is None:
-      assert a is None and bias is None, name
-      continue
-    assert a.shape == e.shape and a.dtype == e.dtype, name
-    assert_close(a, e, TOL[case["dtype"]], f"{name} {case}")
+  xla_path = lambda x, s, b: pallas_kernels.fused_norm(x, s, b, implementation="xla", **kw)  # noqa: E731
+  _assert_matches_reference(xla_path, case, x, scale, bias, dy)
 
 
 def _numpy_norm(x, scale, bias, kind, eps, layer_index):
