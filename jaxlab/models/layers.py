@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from jaxlab.depth.init_schemes import KernelInit, scaled_standardize
 from jaxlab.errors import UserError
+from jaxlab.models import feature_major
 from jaxlab.models.context import DEFAULT, LayerContext
 from jaxlab.param.base import OpScales, Parametrization
 from jaxlab.param.meta import ParamMeta
@@ -165,7 +166,9 @@ class Dense(nn.Module):
     qkw = quant_inputs(self, x, kernel)
     if qkw:
       dot_general = functools.partial(dot_general, **qkw)
-    if self.feature_major:  # y^T = W^T x^T
+    if self.feature_major and dot_general is jax.lax.dot_general:  # y^T = W^T x^T
+      op = lambda a, w: feature_major.matmul(w, a)  # noqa: E731  (fast GEMM on CPU)
+    elif self.feature_major:
       op = lambda a, w: dot_general(w, a, (((0,), (0,)), ((), ())))  # noqa: E731
     else:
       op = lambda a, w: dot_general(a, w, (((a.ndim - 1,), (0,)), ((), ())))  # noqa: E731
