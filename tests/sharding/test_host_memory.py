@@ -1,0 +1,44 @@
+"""reuse_freed_memory: a jitted program whose 64 MB temporaries are allocated and freed inside
+every call touches fresh pages on every call under glibc's defaults, and reuses them after it
+(once the heap has grown to hold them: the first calls still fault)."""
+
+import json
+
+from jaxlab.sharding import host_memory
+
+_FAULTS = """
+import json, resource, sys
+from jaxlab.sharding import host_memory
+applied = host_memory.reuse_freed_memory() if {reuse} else None
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x: jnp.sum(x.at[::7].add(1.0) * x[::-1]))  # a 64 MB temporary, a scalar out
+x = jnp.ones((16 * 2**20,))
+faults = []
+for _ in range(20):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  f(x).block_until_ready()
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps([applied, faults[10:]]))
+"""
+
+
+def _faults_per_call(run_python, reuse: bool):
+  done = run_python("-c", _FAULTS.format(reuse=reuse))
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_freed_buffers_are_reused_instead_of_faulted_in_again(run_python):
+  """Page faults in each of calls 11-20: the temporary's 16,384 pages or more every call by
+  default, none in most calls after reuse_freed_memory."""
+  _, default = _faults_per_call(run_python, reuse=False)
+  applied, reused = _faults_per_call(run_python, reuse=True)
+  assert applied is True
+  assert min(default) >= 16 * 2**20 * 4 // 4096
+  assert sorted(reused)[len(reused) // 2] < min(default) / 10
+
+
+def test_reports_false_once_the_backend_runs():
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.numpy.zeros(1).block_until_ready()
+  assert host_memory.reuse_freed_memory() is False
