@@ -6,6 +6,7 @@ from functools import partial
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import pallas_kernels
 from jaxlab.depth.init_schemes import KernelInit
@@ -93,7 +94,7 @@ class Attention(nn.Module):
       q, k, v = split_last(qkv, (H * Dh, (H + K) * Dh))
     q_BLHD, k_BLKD, v_BLKD = q.reshape(B, L, H, Dh), k.reshape(B, L, K, Dh), v.reshape(B, L, K, Dh)
     if self.rope:
-      positions = jnp.arange(L) if positions is None else positions
+      positions = np.arange(L) if positions is None else positions  # constant sin/cos tables
       q_BLHD = apply_rope(q_BLHD, positions, self.rope_base)
       k_BLKD = apply_rope(k_BLKD, positions, self.rope_base)
     p = self.ctx.parametrization

@@ -2,10 +2,17 @@
 
 Feature pairs (i, i + D/2) of each head are rotated by angle pos * base^(-2i/D), so that
 <rope(q, m), rope(k, n)> depends on m - n only.
+
+Positions given as a NumPy array (Attention's default 0..L-1) make the sine / cosine tables
+constants of the program, computed once in float64 when it is traced. From traced positions the
+program computes them itself, and XLA fuses that computation into every rotation that reads
+them: on the CPU each element of q and k then evaluates its own sine and cosine, which made the
+bench LM step 7% slower (docs/results/cpu_speed.md).
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def rope_angles(positions: jax.Array, head_dim: int, base: float = 10000.0) -> jax.Array:
@@ -16,8 +23,22 @@ def rope_angles(positions: jax.Array, head_dim: int, base: float = 10000.0) -> j
   return positions.astype(jnp.float32)[..., None] * inv_freq_F
 
 
-def apply_rope(x_BLHD: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
-  """Rotates queries or keys [batch, seq, heads, head_dim]; positions is [seq] or [batch, seq]."""
+def rope_tables(positions: np.ndarray, head_dim: int, base: float = 10000.0):
+  """(sin, cos) [..., head_dim // 2] of rope_angles as float32 NumPy arrays, computed in float64."""
+  if head_dim % 2:
+    raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+  inv_freq_F = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+  angles = np.asarray(positions, np.float64)[..., None] * inv_freq_F
+  return np.sin(angles).astype(np.float32), np.cos(angles).astype(np.float32)
+
+
+def apply_rope(x_BLHD: jax.Array, positions: jax.Array | np.ndarray,
+               base: float = 10000.0) -> jax.Array:
+  """Rotates queries or keys [batch, seq, heads, head_dim]; positions is [seq] or [batch, seq],
+  a NumPy array (constant tables, module docstring) or a jax.Array."""
+  if isinstance(positions, np.ndarray):
+    sin, cos = rope_tables(positions, x_BLHD.shape[-1], base)
+    return _rotate(x_BLHD, jnp.asarray(sin[..., None, :]), jnp.asarray(cos[..., None, :]))
   angles = rope_angles(positions, x_BLHD.shape[-1], base)[..., None, :]  # [(B,) L, 1, D/2]
   return _rotate(x_BLHD, jnp.sin(angles), jnp.cos(angles))
 

@@ -2,6 +2,8 @@
 the same output and gradients), the feature-major FeedForward against the token-major formula,
 and the RoPE / qkv-split VJPs. (The attention kernels' own tests: tests/pallas_kernels.)"""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +45,26 @@ def test_rope_and_qkv_split_vjps_match_autodiff():
   ours = jax.vjp(lambda y: layers.split_last(y, (4, 6)), y)[1](cots)[0]
   ref = jax.vjp(lambda y: (y[..., :4], y[..., 4:6], y[..., 6:]), y)[1](cots)[0]
   np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("positions", [np.arange(300), np.arange(40).reshape(2, 20) * 50])
+def test_rope_from_numpy_positions_uses_constant_tables(positions):
+  """NumPy positions: the rotation of a float64 reference to float32 rounding (the program's own
+  float32 angles, from traced positions, are off by up to ~1e-4 rad at position 2,000), and no
+  sine or cosine left in the compiled program; traced positions keep them (the control)."""
+  from jaxlab.models import rope
+  x = jax.random.normal(jax.random.PRNGKey(7), (2, positions.shape[-1], 2, 16))
+  x64 = np.asarray(x, np.float64)
+  ang = positions[..., None].astype(np.float64) * 1e4 ** (-np.arange(0, 16, 2) / 16)
+  sin, cos = np.sin(ang)[..., None, :], np.cos(ang)[..., None, :]
+  x1, x2 = x64[..., :8], x64[..., 8:]
+  want = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+  with_tables = jax.jit(lambda x: rope.apply_rope(x, positions))
+  np.testing.assert_allclose(with_tables(x), want, rtol=0, atol=2e-6)
+  traced = jax.jit(lambda x, p: rope.apply_rope(x, p))
+  trig = re.compile(r"\b(sine|cosine)\(")
+  assert not trig.search(with_tables.lower(x).compile().as_text())
+  assert trig.search(traced.lower(x, jnp.asarray(positions)).compile().as_text())
 
 
 def test_attention_module_routes_through_pallas_kernels_attention():
