@@ -25,7 +25,10 @@ ratio of the medians is printed.
 PyTorch reference (--torch_reference, on by default when torch is installed): the same LM,
 optimizer and batches in plain eager PyTorch (experiments/torch_reference_lm.py, a worker
 process), timed in blocks of 5 steps between blocks of ours, and the ratio of tokens/s printed:
-how our LM compares with a plain PyTorch CPU LM, measured on this machine in this run.
+how our LM compares with a plain PyTorch CPU LM, measured on this machine in this run. Our
+process keeps its freed memory for reuse (jaxlab.sharding.host_memory); the worker runs with
+glibc's defaults, as PyTorch users have them, or with the same settings under
+--torch_same_malloc.
 """
 
 import importlib.util
@@ -48,6 +51,7 @@ from jaxlab.configs import shakespeare_lm
 from experiments import bench_sweep, cpu_devices_flag
 from experiments.kernel_bench.measure import lm_flops_per_token
 from jaxlab import data, optim, quant, sharding
+from jaxlab.sharding import host_memory
 from jaxlab.train import step as step_lib, tasks
 from jaxlab.train.init import build_model, dummy_input, init_state
 
@@ -62,6 +66,9 @@ _QAT = flags.DEFINE_string("qat", "int8", "quantization policy whose train step 
                            "the f32 one (jaxlab.quant.names()); empty: skip")
 _TORCH = flags.DEFINE_bool("torch_reference", True, "time the same LM in plain PyTorch "
                            "(experiments/torch_reference_lm.py) in blocks between ours")
+_TORCH_MALLOC = flags.DEFINE_bool(
+    "torch_same_malloc", False, "start the PyTorch worker with the malloc settings our process "
+    "sets (jaxlab.sharding.host_memory.GLIBC_ENV): PyTorch's time with the same allocator")
 _SWEEP = flags.DEFINE_bool("sweep", False, "instead of the LM step: time a learning-rate sweep of "
                            "the mnist5k MLP, jaxlab vs PyTorch (experiments/bench_sweep.py)")
 _SWEEP_WIDTHS = flags.DEFINE_list("sweep_widths", ["128", "512"], "--sweep: MLP widths")
@@ -133,7 +140,8 @@ class _TorchReference:
   never timed while one is alive.
   """
 
-  def __init__(self, batches, config, vocab_size: int):
+  def __init__(self, batches, config, vocab_size: int, same_malloc: bool = False):
+    self.env = dict(os.environ, **host_memory.GLIBC_ENV) if same_malloc else None
     self.dir = tempfile.mkdtemp(prefix="jaxlab_bench_")
     path = os.path.join(self.dir, "batches.npz")
     np.savez(path, **{k: np.stack([np.asarray(b[k]) for b in batches])
@@ -151,7 +159,8 @@ class _TorchReference:
 
   def run_block(self, n: int) -> None:
     proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            env=self.env)
     try:
       for count, timed in ((1, False), (n, True)):
         proc.stdin.write(f"{count}\n")
@@ -200,7 +209,7 @@ def main(argv):
     print("PyTorch reference: skipped, torch is not installed (pip install torch; "
           "--notorch_reference skips it without this line)")
   elif _TORCH.value:
-    ref = _TorchReference(batches, config, spec.vocab_size)
+    ref = _TorchReference(batches, config, spec.vocab_size, same_malloc=_TORCH_MALLOC.value)
   for r in runners.values():
     for i in range(3):  # warm up
       r.step(batches[i % 4], timed=False)
@@ -235,9 +244,10 @@ def main(argv):
     if not all(np.isfinite(ref.losses)):
       raise RuntimeError(f"the PyTorch reference's losses are not finite: {ref.losses}")
     ref_time = statistics.median(ref.times)
-    print(f"PyTorch {ref.version} reference, same LM, AdamW and batches, eager (timed in blocks "
-          f"of {TORCH_BLOCK} between ours, a fresh worker from init each; loss at a block's last "
-          f"step {ref.losses[-1]:.3f}): median "
+    malloc = ", malloc set as ours" if ref.env else ""
+    print(f"PyTorch {ref.version} reference{malloc}, same LM, AdamW and batches, eager (timed in "
+          f"blocks of {TORCH_BLOCK} between ours, a fresh worker from init each; loss at a "
+          f"block's last step {ref.losses[-1]:.3f}): median "
           f"{ref_time * 1e3:.1f} ms/step, {tokens / ref_time:,.0f} tokens/s, MFU "
           f"{100 * flops_tok * tokens / ref_time / 1e9 / peak:.1f}%")
     print(f"  jaxlab / PyTorch tokens/s: {ref_time / step_time:.2f}x")

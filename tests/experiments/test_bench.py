@@ -1,6 +1,7 @@
 """experiments.bench end to end at toy size (without the PyTorch reference, which CI lacks)."""
 
 import re
+import shutil
 
 from experiments import bench
 
@@ -32,3 +33,19 @@ def test_bench_sweep_prints_the_schedule_and_both_jaxlab_times(run_python, tfds_
                    r"the rest: loop [\d.]+ s, vmap [\d.]+ s\): [\d.]+ s", out), out
   assert re.search(r"\(b\) jaxlab one by one: [\d.]+ s   \(a\)/\(b\) speed-up [\d.]+x", out), out
   assert "PyTorch: skipped" in out
+
+
+def test_torch_same_malloc_starts_the_worker_with_our_allocator_settings():
+  """--torch_same_malloc: the PyTorch worker's environment carries host_memory.GLIBC_ENV (what
+  that does to a process: tests/sharding/test_host_memory.py); by default it inherits ours."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jaxlab.configs import shakespeare_lm  # pylint: disable=import-outside-toplevel
+  from jaxlab.sharding import host_memory  # pylint: disable=import-outside-toplevel
+  batches = [{"inputs": np.zeros((2, 8), np.int32), "targets": np.zeros((2, 8), np.int32)}]
+  config = shakespeare_lm.get_config()
+  same = bench._TorchReference(batches, config, 256, same_malloc=True)  # pylint: disable=protected-access
+  default = bench._TorchReference(batches, config, 256)  # pylint: disable=protected-access
+  for ref in (same, default):
+    shutil.rmtree(ref.dir)
+  assert {k: same.env[k] for k in host_memory.GLIBC_ENV} == host_memory.GLIBC_ENV
+  assert default.env is None

@@ -1,6 +1,7 @@
 """reuse_freed_memory: a jitted program whose 64 MB temporaries are allocated and freed inside
 every call touches fresh pages on every call under glibc's defaults, and reuses them after it
-(once the heap has grown to hold them: the first calls still fault)."""
+(once the heap has grown to hold them: the first calls still fault). GLIBC_ENV gives a
+subprocess the same settings."""
 
 import json
 
@@ -42,3 +43,28 @@ def test_reports_false_once_the_backend_runs():
   import jax  # pylint: disable=import-outside-toplevel
   jax.numpy.zeros(1).block_until_ready()
   assert host_memory.reuse_freed_memory() is False
+
+
+_NUMPY_FAULTS = """
+import json, resource
+import numpy as np
+faults = []
+for _ in range(12):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  a = np.ones(8 * 2**20)  # 64 MB, freed before the next one
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+  del a
+print(json.dumps(faults[4:]))
+"""
+
+
+def test_glibc_env_gives_a_subprocess_the_same_reuse(run_python):
+  """A process allocating and freeing 64 MB arrays: fresh pages every time with glibc's defaults
+  (at least the 32 huge pages of 64 MB), none once GLIBC_ENV's variables are set."""
+  runs = {}
+  for name, env in (("default", {}), ("glibc_env", host_memory.GLIBC_ENV)):
+    done = run_python("-c", _NUMPY_FAULTS, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs[name] = json.loads(done.stdout.strip().splitlines()[-1])
+  assert min(runs["default"]) >= 32
+  assert sorted(runs["glibc_env"])[len(runs["glibc_env"]) // 2] < min(runs["default"]) / 10
