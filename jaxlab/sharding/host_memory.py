@@ -18,11 +18,12 @@ from jax._src import xla_bridge
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
-# The same settings as the environment variables glibc reads when a process starts (for a
-# subprocess, e.g. experiments.bench --torch_same_malloc's PyTorch worker).
-GLIBC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-             "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+# (mallopt parameter, the environment variable glibc reads for it at process start, value)
+_TUNABLES = ((M_ARENA_MAX, "MALLOC_ARENA_MAX", 1), (M_MMAP_MAX, "MALLOC_MMAP_MAX_", 0),
+             (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 2**31 - 1))
+SETTINGS = tuple((param, value) for param, _, value in _TUNABLES)
+# The same settings for a subprocess (e.g. experiments.bench --torch_same_malloc's PyTorch worker).
+GLIBC_ENV = {name: str(value) for _, name, value in _TUNABLES}
 
 
 def reuse_freed_memory() -> bool:
