@@ -78,6 +78,7 @@ _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "profile a few train steps, o
                                "--torch_reference) PyTorch's, and print the time per op category "
                                "side by side (experiments/bench_breakdown.py)")
 QAT_TARGET = 1.5  # the quantization issue's bound on QAT step time / f32 step time
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the workers' cwd
 TORCH_BLOCK = 5  # our steps between PyTorch blocks (and PyTorch steps per block)
 
 
@@ -159,8 +160,7 @@ class _TorchReference:
 
   def run_block(self, n: int) -> None:
     proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            env=self.env)
+                            cwd=_REPO, env=self.env)
     try:
       for count, timed in ((1, False), (n, True)):
         proc.stdin.write(f"{count}\n")
@@ -257,9 +257,8 @@ def main(argv):
     ours = bench_breakdown.jax_op_times(lambda: f32.step(batches[0], timed=False), hlo)
     theirs, name = None, "ours only"
     if ref is not None:  # a fresh worker, alone (see _TorchReference)
-      ref = _TorchReference(batches, config, spec.vocab_size)
-      theirs, version = bench_breakdown.torch_op_times(ref.args, os.path.dirname(
-          os.path.dirname(os.path.abspath(__file__))))
+      ref = _TorchReference(batches, config, spec.vocab_size, same_malloc=_TORCH_MALLOC.value)
+      theirs, version = bench_breakdown.torch_op_times(ref.args, _REPO, env=ref.env)
       shutil.rmtree(ref.dir)
       name = f"ours and PyTorch {version} eager"
     print(f"Time per op category, profiled train steps ({name}):")

@@ -254,10 +254,12 @@ def classify_aten(key: str) -> str:
   return ELEMENTWISE
 
 
-def torch_op_times(worker_args: list[str], cwd: str, steps: int = 3) -> tuple[Breakdown, str]:
-  """Implements the breakdown of a fresh PyTorch reference worker's `steps` profiled steps."""
+def torch_op_times(worker_args: list[str], cwd: str, steps: int = 3,
+                   env: dict | None = None) -> tuple[Breakdown, str]:
+  """Implements the breakdown of a fresh PyTorch reference worker's `steps` profiled steps (env:
+  the worker's environment, None: ours)."""
   proc = subprocess.Popen(worker_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                          cwd=cwd)
+                          cwd=cwd, env=env)
   try:
     proc.stdin.write(f"1\nprofile {steps}\n")
     proc.stdin.flush()
