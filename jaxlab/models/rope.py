@@ -15,18 +15,21 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def rope_angles(positions: jax.Array, head_dim: int, base: float = 10000.0) -> jax.Array:
-  """Angles [..., head_dim // 2] = positions[..., None] * base^(-2i / head_dim)."""
+def _check_head_dim(head_dim: int) -> None:
   if head_dim % 2:
     raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+
+
+def rope_angles(positions: jax.Array, head_dim: int, base: float = 10000.0) -> jax.Array:
+  """Angles [..., head_dim // 2] = positions[..., None] * base^(-2i / head_dim)."""
+  _check_head_dim(head_dim)
   inv_freq_F = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
   return positions.astype(jnp.float32)[..., None] * inv_freq_F
 
 
 def rope_tables(positions: np.ndarray, head_dim: int, base: float = 10000.0):
   """(sin, cos) [..., head_dim // 2] of rope_angles as float32 NumPy arrays, computed in float64."""
-  if head_dim % 2:
-    raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+  _check_head_dim(head_dim)
   inv_freq_F = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
   angles = np.asarray(positions, np.float64)[..., None] * inv_freq_F
   return np.sin(angles).astype(np.float32), np.cos(angles).astype(np.float32)
