@@ -51,31 +51,22 @@ def _eigen_dots(fn, *args) -> list[str]:
   return re.findall(r"= f32\[[\d,]*\]\S* dot\(", entry)
 
 
-def _feed_forward_grads(use_plain_product: bool):
+def _feed_forward_eigen_dots() -> list[str]:
+  """_eigen_dots of FeedForward's forward and backward (grads of params and input)."""
   ff = layers.FeedForward(256, activation="gelu_tanh", use_bias=False)
   x = jax.random.normal(jax.random.PRNGKey(3), (4, 32, 64))
   params = ff.init(jax.random.PRNGKey(4), x)
-
-  def loss(params, x):
-    return jnp.sum(ff.apply(params, x) ** 2)
-
-  def fn(params, x):
-    if use_plain_product:  # what Dense computed before: one dot_general, autodiff's transposes
-      with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(feature_major, "matmul", feature_major._plain)  # pylint: disable=protected-access
-        return jax.grad(loss, (0, 1))(params, x)
-    return jax.grad(loss, (0, 1))(params, x)
-
-  return fn, params, x
+  grads = jax.grad(lambda params, x: jnp.sum(ff.apply(params, x) ** 2), (0, 1))
+  return _eigen_dots(grads, params, x)
 
 
-def test_cpu_program_gives_every_feed_forward_product_to_the_fast_gemm():
+def test_cpu_program_gives_every_feed_forward_product_to_the_fast_gemm(monkeypatch):
   """Forward and backward of FeedForward: six products, none left as an Eigen A^T B dot. The
-  plain dot_general (the control) leaves four of them there, so the check can fail."""
-  fn, params, x = _feed_forward_grads(use_plain_product=False)
-  assert _eigen_dots(fn, params, x) == []
-  fn, params, x = _feed_forward_grads(use_plain_product=True)
-  assert len(_eigen_dots(fn, params, x)) >= 2
+  plain dot_general (the control: what Dense computed before, autodiff's transposes) leaves four
+  of them there, so the check can fail."""
+  assert _feed_forward_eigen_dots() == []
+  monkeypatch.setattr(feature_major, "matmul", feature_major._plain)  # pylint: disable=protected-access
+  assert len(_feed_forward_eigen_dots()) >= 2
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
